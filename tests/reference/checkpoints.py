@@ -105,7 +105,7 @@ def _randomize(module, gen) -> None:
     import torch
     from torch import nn
 
-    for name, p in module.named_parameters():
+    for _, p in module.named_parameters():
         if p.numel() > 1 and float(p.detach().std()) == 0.0:
             base = float(p.detach().flatten()[0])
             p.add_(0.1 * max(abs(base), 0.1) * torch.randn(p.shape, generator=gen))
