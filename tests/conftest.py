@@ -1,0 +1,65 @@
+"""Shared fixtures: random-weight reference checkpoints, converted by the real converter.
+
+Building a tiny checkpoint takes a few seconds, so each (preset, seed) is built once per
+test session; the full-size 0.6B checkpoint is cached on disk between runs
+(`QWEN3TTS_CACHE`, default `.cache/` in the repository).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+# Parity is checked in float32: make matmuls exact on every backend.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("QWEN3TTS_CACHE", REPO / ".cache"))
+
+
+class Checkpoints:
+    """`get(preset, seed)` -> (hf_dir, converted_dir), built on first use."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._built: dict[tuple[str, int], tuple[Path, Path]] = {}
+
+    def get(self, preset: str = "tiny", seed: int = 0) -> tuple[Path, Path]:
+        key = (preset, seed)
+        if key not in self._built:
+            from convert import convert_checkpoint
+            from tests.reference.checkpoints import build_checkpoint
+
+            hf = build_checkpoint(self.root / f"{preset}-{seed}-hf", preset, seed)
+            out = convert_checkpoint(hf, self.root / f"{preset}-{seed}-jax", dtype="float32")
+            self._built[key] = (hf, out)
+        return self._built[key]
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> Checkpoints:
+    return Checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(checkpoints) -> tuple[Path, Path]:
+    """The default tiny checkpoint: (reference HF folder, converted folder)."""
+    return checkpoints.get("tiny", 0)
+
+
+_references: dict[Path, object] = {}
+
+
+@pytest.fixture(scope="session")
+def reference_of():
+    """`reference_of(hf_dir)` -> the reference wrapper `Qwen3TTSModel` loaded from that folder."""
+    from tests.reference.checkpoints import load_reference
+
+    def get(path: Path):
+        if path not in _references:
+            _references[path] = load_reference(path)
+        return _references[path]
+    return get
