@@ -44,6 +44,11 @@ def _codec_encoder(cfg, dtype, rngs):
     return CodecEncoder(cfg.speech_tokenizer.encoder, rngs=rngs)
 
 
+def _codec_decoder(cfg, dtype, rngs):
+    from qwen3tts_jax.codec_decoder import CodecDecoder
+    return CodecDecoder(cfg.speech_tokenizer.decoder, rngs=rngs)
+
+
 def _always(cfg) -> bool:
     return True
 
@@ -52,6 +57,7 @@ COMPONENTS: dict[str, Component] = {
     "talker": Component(_talker, _always, True),
     "code_predictor": Component(_code_predictor, _always, True),
     "speaker_encoder": Component(_speaker_encoder, lambda cfg: cfg.speaker_encoder is not None, False),
+    "codec_decoder": Component(_codec_decoder, lambda cfg: cfg.speech_tokenizer is not None, False),
     "codec_encoder": Component(_codec_encoder, lambda cfg: cfg.speech_tokenizer is not None, False),
 }
 

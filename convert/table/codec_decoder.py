@@ -1,0 +1,34 @@
+"""Speech tokenizer decoder keys (`speech_tokenizer.decoder.*`) -> `codec_decoder.*`.
+
+The Flax module mirrors the reference names, so every target is the source path; only the
+layouts change (conv, transposed conv and linear weights) and `weight` becomes `kernel`.
+"""
+
+from convert.rule import CONV1D, CONV_TRANSPOSE1D, IDENTITY, LINEAR, Ignore, Rule
+
+_P = r"speech_tokenizer\.decoder\."
+_T = "codec_decoder."
+
+RULES = (
+    # Codebooks stay EMA accumulators; the forward divides (REFERENCE-FACTS gotcha 15).
+    Rule(_P + r"(quantizer\.rvq_(?:first|rest)\.vq\.layers\.\d+\._codebook\.(?:embedding_sum|cluster_usage))",
+         _T + r"\1", IDENTITY),
+    Rule(_P + r"(quantizer\.rvq_(?:first|rest)\.output_proj)\.weight", _T + r"\1.kernel", CONV1D),
+    # Causal transposed convs: upsample.N.0 and the second layer of each decoder block.
+    Rule(_P + r"(upsample\.\d+\.0\.conv|decoder\.\d+\.block\.1\.conv)\.weight", _T + r"\1.kernel",
+         CONV_TRANSPOSE1D),
+    # Causal convs: pre_conv, ConvNeXt depthwise, decoder.0 / decoder.6, residual-unit convs.
+    Rule(_P + r"(pre_conv\.conv|upsample\.\d+\.1\.dwconv\.conv|decoder\.\d+\.conv"
+         r"|decoder\.\d+\.block\.\d+\.conv[12]\.conv)\.weight", _T + r"\1.kernel", CONV1D),
+    Rule(_P + r"(pre_transformer\.(?:input_proj|output_proj|layers\.\d+\.self_attn\.[qkvo]_proj"
+         r"|layers\.\d+\.mlp\.(?:gate|up|down)_proj)|upsample\.\d+\.1\.pwconv[12])\.weight",
+         _T + r"\1.kernel", LINEAR),
+    # RMSNorm / LayerNorm weights, every bias, layer scales, ConvNeXt gamma, SnakeBeta alpha/beta.
+    Rule(_P + r"(.+norm\.weight|.+\.bias|.+_layer_scale\.scale|upsample\.\d+\.1\.gamma"
+         r"|.+\.(?:alpha|beta))", _T + r"\1", IDENTITY),
+)
+
+IGNORED = (
+    Ignore(_P + r"quantizer\.rvq_(?:first|rest)\.input_proj\.weight",
+           "encoder-side projection into the codebook space; decoding only looks codes up"),
+)
