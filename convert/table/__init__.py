@@ -6,9 +6,9 @@ with `speech_tokenizer.` (`speech_tokenizer.decoder.*`, `speech_tokenizer.encode
 Targets are dotted paths whose first element is the component name.
 """
 
-from convert.table import code_predictor, codec_decoder, speaker_encoder, talker
+from convert.table import code_predictor, codec_decoder, codec_encoder, speaker_encoder, talker
 
-SECTIONS = (talker, code_predictor, speaker_encoder, codec_decoder)
+SECTIONS = (talker, code_predictor, speaker_encoder, codec_decoder, codec_encoder)
 
 RULES = tuple(rule for section in SECTIONS for rule in section.RULES)
 IGNORED = tuple(ignore for section in SECTIONS for ignore in section.IGNORED)
