@@ -1,0 +1,120 @@
+"""`python -m server`: the streaming /api/v1/speak server.
+
+With no --model it builds (once) and serves a small random-weight demo checkpoint: the
+protocol works end to end, but the audio is not speech until real weights are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .app import ServerConfig, TTSServer
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; messages that already are JSON objects are merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+               + f".{int(record.msecs):03d}Z", "level": record.levelname.lower()}
+        msg = record.getMessage()
+        try:
+            obj = json.loads(msg) if msg.startswith("{") else None
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            out.update(obj)
+        else:
+            out["logger"] = record.name
+            out["message"] = msg
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("qwen3tts.server").setLevel(level)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = ServerConfig()
+    p.add_argument("--model", default=None,
+                   help="converted or raw HF checkpoint folder, or a hub id "
+                        "(default: the embedded random-weight demo checkpoint)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--port", type=int, default=d.port, help="0 picks a free port")
+    p.add_argument("--voices-dir", type=Path, default=d.voices_dir)
+    p.add_argument("--auth-token-env", default=None, metavar="NAME",
+                   help="name of the environment variable holding the auth token")
+    p.add_argument("--max-sessions", type=int, default=d.max_sessions)
+    p.add_argument("--batch-slots", type=int, default=d.batch_slots)
+    p.add_argument("--max-text-chars", type=int, default=d.max_text_chars)
+    p.add_argument("--max-queued", type=int, default=d.max_queued_per_session,
+                   help="queued speak requests per session")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, metavar="SECONDS")
+    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
+    p.add_argument("--max-send-buffer", type=int, default=d.max_send_buffer_bytes, metavar="BYTES")
+    p.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace_s, metavar="SECONDS")
+    p.add_argument("--no-warmup", action="store_true")
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def config_from_args(a: argparse.Namespace) -> ServerConfig:
+    token = None
+    if a.auth_token_env:
+        token = os.environ.get(a.auth_token_env)
+        if not token:
+            raise SystemExit(f"--auth-token-env {a.auth_token_env}: variable is unset or empty")
+    return ServerConfig(host=a.host, port=a.port, voices_dir=a.voices_dir, auth_token=token,
+                        max_sessions=a.max_sessions, batch_slots=a.batch_slots,
+                        max_text_chars=a.max_text_chars, max_queued_per_session=a.max_queued,
+                        request_timeout_s=a.request_timeout, max_message_bytes=a.max_message_bytes,
+                        max_send_buffer_bytes=a.max_send_buffer, shutdown_grace_s=a.shutdown_grace,
+                        warmup=not a.no_warmup)
+
+
+async def serve_forever(server: TTSServer) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    logging.getLogger("qwen3tts.server").info(json.dumps({"event": "signal", "action": "shutdown"}))
+    await server.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    cfg = config_from_args(args)
+
+    def loader():
+        from .backend import load_backend
+
+        return load_backend(args.model, args.dtype, cfg.batch_slots)
+
+    server = TTSServer(cfg, loader, model_name=args.model or "demo (random weights)")
+    asyncio.run(serve_forever(server))
+
+
+if __name__ == "__main__":
+    main()

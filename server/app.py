@@ -1,0 +1,253 @@
+"""The websockets server: HTTP routes, connection admission, and the server lifecycle.
+
+One asyncio loop serves every connection; the model lives on the device worker thread
+(server/worker.py). Per-connection protocol state is in server/session.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from . import protocol as P
+from .backend import Backend
+from .session import Session
+from .voices import VoiceStore
+from .worker import DeviceWorker
+
+log = logging.getLogger("qwen3tts.server")
+
+FALLBACK_LANGUAGES = ["Chinese", "English", "German", "Italian", "Portuguese", "Spanish",
+                      "Japanese", "Korean", "French", "Russian"]
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    voices_dir: Path = Path(".cache/voices")
+    auth_token: str | None = None
+    max_sessions: int = 64
+    batch_slots: int = 8
+    max_message_bytes: int = 64 * 1024  # every control message
+    max_voice_message_bytes: int = 16 * 1024 * 1024  # registerVoice (base64 audio)
+    max_text_chars: int = 2000
+    max_queued_per_session: int = 8
+    request_timeout_s: float = 120.0
+    max_send_buffer_bytes: int = 4 * 1024 * 1024
+    prompt_cache_size: int = 32
+    max_audio_seconds: float = 120.0  # hard cap on one request's audio
+    auth_timeout_s: float = 10.0
+    shutdown_grace_s: float = 10.0
+    default_seed: int = 0
+    warmup: bool = True
+
+
+class TTSServer:
+    def __init__(self, cfg: ServerConfig, loader, model_name: str = "?"):
+        self.cfg = cfg
+        self.model_name = model_name
+        self._loader = loader
+        self.voices = VoiceStore(cfg.voices_dir, cache_size=cfg.prompt_cache_size)
+        self.sessions: dict[str, Session] = {}
+        self.worker: DeviceWorker | None = None
+        self._server: Server | None = None
+        self._ids = itertools.count(1)
+        self.shutting_down = False
+        self.started_at = time.time()
+        self._warm = None
+
+    # -- properties used by sessions ---------------------------------------------------------
+    @property
+    def backend(self) -> Backend | None:
+        return self.worker.backend if self.worker and self.worker.state == "ready" else None
+
+    @property
+    def languages(self) -> list[str]:
+        b = self.backend
+        return list(b.languages) if b else FALLBACK_LANGUAGES
+
+    def check_token(self, presented: str | None) -> bool:
+        if self.cfg.auth_token is None:
+            return True
+        if not isinstance(presented, str):
+            return False
+        return hmac.compare_digest(presented.encode(), self.cfg.auth_token.encode())
+
+    def capabilities(self) -> dict:
+        return {"streaming": True, "languages": self.languages, "encodings": list(P.ENCODINGS),
+                "sampleRates": list(P.SAMPLE_RATES), "transports": list(P.TRANSPORTS),
+                "priorities": list(P.PRIORITIES), "maxTextChars": self.cfg.max_text_chars,
+                "registerVoice": True}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.worker = DeviceWorker(self._load_and_warm, loop, self.cfg.batch_slots,
+                                   max_commands=4 * self.cfg.max_sessions + 64)
+        self.worker.start()
+        self._server = await serve(
+            self._handle, self.cfg.host, self.cfg.port,
+            process_request=self._process_request,
+            max_size=self.cfg.max_voice_message_bytes,
+            compression=None,  # PCM does not compress; deflate would only burn CPU
+            max_queue=64,
+            write_limit=64 * 1024,
+            close_timeout=2,
+            ping_interval=20, ping_timeout=20,
+            server_header="qwen3tts-jax",
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(json.dumps({"event": "listening", "host": self.cfg.host, "port": self.port,
+                             "url": f"ws://{self.cfg.host}:{self.port}{P.SPEAK_PATH}",
+                             "auth": self.cfg.auth_token is not None}))
+        loop.create_task(self._after_load())
+
+    def _load_and_warm(self) -> Backend:
+        """Worker-thread body before serving: load, compute the default voice prompt, compile."""
+        t0 = time.perf_counter()
+        backend = self._loader()
+        log.info(json.dumps({"event": "model_loaded", "model": self.model_name,
+                             "seconds": round(time.perf_counter() - t0, 2), "demo": backend.is_demo,
+                             "slots": self.cfg.batch_slots, "sampleRate": backend.sample_rate}))
+        default = self.voices.default_id()
+        if self.cfg.warmup and default is not None:
+            try:
+                t0 = time.perf_counter()
+                voice = self.voices.get(default)
+                prompt = self.voices.load_or_compute(backend, voice, self.voices.fingerprint(voice))
+                self._warm = (voice, prompt)
+                _warmup(backend, prompt)
+                log.info(json.dumps({"event": "warmup_done", "voice": default,
+                                     "seconds": round(time.perf_counter() - t0, 2)}))
+            except Exception as exc:  # noqa: BLE001 - warm-up is best effort
+                log.warning(json.dumps({"event": "warmup_failed", "error": repr(exc)}))
+        return backend
+
+    async def _after_load(self) -> None:
+        ok = await self.worker.loaded
+        if ok and self._warm is not None:
+            self.voices.remember(self._warm[0], self.worker.backend, self._warm[1])
+            self._warm = None
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let running requests finish (up to the grace period), close, stop the worker."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        log.info(json.dumps({"event": "shutdown_begin", "sessions": len(self.sessions)}))
+        if self._server is not None:
+            self._server.close(close_connections=False)
+        sessions = list(self.sessions.values())
+        if sessions:
+            await asyncio.gather(*(s.shutdown(self.cfg.shutdown_grace_s) for s in sessions),
+                                 return_exceptions=True)
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            except TimeoutError:
+                pass
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.stop)
+        log.info(json.dumps({"event": "shutdown_done"}))
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def _json(self, status: HTTPStatus, body: dict) -> Response:
+        data = json.dumps(body).encode()
+        headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(data))),
+                           ("Cache-Control", "no-store"), ("Connection", "close")])
+        return Response(status.value, status.phrase, headers, data)
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == P.SPEAK_PATH:
+            if request.headers.get("Upgrade", "").lower() != "websocket":
+                return self._json(HTTPStatus.UPGRADE_REQUIRED,
+                                  {"error": "connect with a WebSocket client"})
+            return None
+        if path == P.HEALTH_PATH:
+            return self._json(HTTPStatus.OK if self.backend and not self.shutting_down
+                              else HTTPStatus.SERVICE_UNAVAILABLE, self.health())
+        if path == P.VOICES_PATH:
+            if not self.check_token(_bearer(request.headers)):
+                return self._json(HTTPStatus.UNAUTHORIZED,
+                                  {"error": "UNAUTHORIZED", "message": "send Authorization: Bearer <token>"})
+            return self._json(HTTPStatus.OK, {"voices": [v.public() for v in self.voices.list()]})
+        return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def health(self) -> dict:
+        w = self.worker
+        status = "shutting_down" if self.shutting_down else (
+            "ok" if self.backend else (w.state if w else "starting"))
+        out = {"status": status, "model": self.model_name, "sessions": len(self.sessions),
+               "maxSessions": self.cfg.max_sessions, "batchSlots": self.cfg.batch_slots,
+               "uptimeS": round(time.time() - self.started_at, 1)}
+        if w is not None:
+            out.update(activeSlots=w.active, pendingRequests=w.pending, steps=w.steps)
+            if w.error:
+                out["error"] = w.error
+        if self.backend is not None:
+            out["demoWeights"] = self.backend.is_demo
+        return out
+
+    # -- WebSocket ---------------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        sid = f"s{next(self._ids)}-{secrets.token_hex(3)}"
+        peer = ws.remote_address[0] if ws.remote_address else "?"
+        if self.shutting_down or len(self.sessions) >= self.cfg.max_sessions:
+            log.info(json.dumps({"event": "session_rejected", "session": sid, "peer": peer,
+                                 "sessions": len(self.sessions)}))
+            msg = "server is shutting down" if self.shutting_down else (
+                f"too many sessions (limit {self.cfg.max_sessions})")
+            try:
+                await ws.send(P.dumps(P.error_message("RATE_LIMITED", msg)))
+                await ws.close(1013, "try again later")
+            except Exception:  # noqa: BLE001 - the peer may already be gone
+                pass
+            return
+        header_ok = self.cfg.auth_token is not None and self.check_token(_bearer(ws.request.headers))
+        session = Session(self, ws, sid, authed=self.cfg.auth_token is None or header_ok)
+        self.sessions[sid] = session
+        log.info(json.dumps({"event": "session_open", "session": sid, "peer": peer,
+                             "sessions": len(self.sessions)}))
+        try:
+            await session.run()
+        finally:
+            self.sessions.pop(sid, None)
+            log.info(json.dumps({"event": "session_closed", "session": sid, **session.stats()}))
+
+
+def _bearer(headers: Headers) -> str | None:
+    value = headers.get("Authorization", "")
+    if value.lower().startswith("bearer "):
+        return value[7:].strip()
+    return None
+
+
+def _warmup(backend: Backend, prompt) -> None:
+    """Run a few decode steps on slot 0 so the first request does not pay for compilation."""
+    engine = backend.engine
+    req = backend.request_cls(text="Warm up.", voice=prompt, language="English", seed=0,
+                              max_new_frames=4)
+    engine.admit(0, req)
+    try:
+        for _ in range(4):
+            out = engine.step()
+            if 0 in out and out[0].finished:
+                break
+    finally:
+        engine.release(0)

@@ -1,0 +1,275 @@
+"""The /api/v1/speak wire protocol: message parsing, validation, error codes, audio encoding.
+
+Everything here is pure (no I/O, no engine), so it is tested on its own and reused by the
+client and the load test. Field names are camelCase on the wire; docs/PROTOCOL.md is the
+description for client authors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SPEAK_PATH = "/api/v1/speak"
+VOICES_PATH = "/api/v1/voices"
+HEALTH_PATH = "/healthz"
+
+ENGINE_SAMPLE_RATE = 24000
+SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+ENCODINGS = ("pcm16", "pcm32f")
+TRANSPORTS = ("binary", "json")
+PRIORITIES = ("normal", "high")
+
+# A voice id is a name, never a path: no dots, no slashes, no leading dash or underscore.
+VOICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+# code -> recoverable. "Recoverable" means that the same request may succeed if retried later
+# (after the model loads, after load drops); it does not say whether the connection stays open.
+# The server closes the connection only for UNAUTHORIZED, for RATE_LIMITED on connect (too many
+# sessions), after `stop`, for a client that does not read its audio, and on shutdown.
+ERROR_CODES: dict[str, bool] = {
+    "MODEL_LOADING": True,
+    "SYNTHESIS_ERROR": True,
+    "INVALID_TEXT": False,
+    "VOICE_NOT_FOUND": False,
+    "UNAUTHORIZED": False,
+    "RATE_LIMITED": True,
+    "TIMEOUT": True,
+    "CANCELLED": True,
+    "BAD_REQUEST": True,
+}
+
+
+class ProtocolError(Exception):
+    """A request the server answers with an `error` message."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None):
+        assert code in ERROR_CODES, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Client -> server
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Per-request sampling overrides (protocol extension); None means the engine default."""
+
+    seed: int | None = None
+    greedy: bool | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    max_frames: int | None = None
+
+    def merged(self, over: Sampling) -> Sampling:
+        vals = {k: getattr(over, k) if getattr(over, k) is not None else getattr(self, k)
+                for k in self.__dataclass_fields__}
+        return Sampling(**vals)
+
+
+@dataclass(frozen=True)
+class Start:
+    sample_rate: int | None = None
+    encoding: str | None = None
+    voice: str | None = None
+    language: str | None = None
+    auth_token: str | None = None
+    contract_id: str | None = None
+    transport: str | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class Speak:
+    text: str
+    priority: str = "normal"
+    request_id: str | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class Cancel:
+    pass
+
+
+@dataclass(frozen=True)
+class Stop:
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RegisterVoice:
+    voice_id: str
+    audio: bytes
+    transcript: str | None
+    language: str | None
+    name: str | None
+    description: str | None
+    overwrite: bool
+
+
+ClientMessage = Start | Speak | Cancel | Stop | RegisterVoice
+
+_SAMPLING_FIELDS = {  # wire name -> (attr, type, check)
+    "seed": ("seed", int, lambda v: 0 <= v < 2**32),
+    "greedy": ("greedy", bool, lambda v: True),
+    "temperature": ("temperature", float, lambda v: 0.0 < v <= 10.0),
+    "topK": ("top_k", int, lambda v: 0 <= v <= 100000),
+    "topP": ("top_p", float, lambda v: 0.0 < v <= 1.0),
+    "repetitionPenalty": ("repetition_penalty", float, lambda v: 0.0 < v <= 10.0),
+    "maxFrames": ("max_frames", int, lambda v: 1 <= v <= 100000),
+}
+
+
+def _get(msg: dict, key: str, typ: type | tuple, required: bool = False) -> Any:
+    if key not in msg or msg[key] is None:
+        if required:
+            raise ProtocolError("BAD_REQUEST", f"missing field {key!r}")
+        return None
+    value = msg[key]
+    # bool is an int subclass in Python; JSON true must not pass for a number, nor 1 for a bool.
+    types = typ if isinstance(typ, tuple) else (typ,)
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        names = "/".join(t.__name__ for t in types)
+        raise ProtocolError("BAD_REQUEST", f"field {key!r} must be {names}")
+    return value
+
+
+def _choice(msg: dict, key: str, choices: tuple) -> Any:
+    value = msg.get(key)
+    if value is None:
+        return None
+    if value not in choices:
+        raise ProtocolError("BAD_REQUEST", f"field {key!r} must be one of {list(choices)}")
+    return value
+
+
+def _sampling(msg: dict) -> Sampling:
+    vals = {}
+    for wire, (attr, typ, check) in _SAMPLING_FIELDS.items():
+        v = _get(msg, wire, typ)
+        if v is None:
+            continue
+        if not check(v):
+            raise ProtocolError("BAD_REQUEST", f"field {wire!r} out of range")
+        vals[attr] = float(v) if typ is float else v
+    return Sampling(**vals)
+
+
+def parse_client_message(raw: str | bytes, max_bytes: int, max_voice_bytes: int) -> ClientMessage:
+    """Parse one WebSocket frame from a client; raises ProtocolError (BAD_REQUEST) on any fault.
+
+    `max_bytes` bounds every message but `registerVoice`, which may be up to `max_voice_bytes`.
+    """
+    if isinstance(raw, bytes | bytearray | memoryview):
+        raise ProtocolError("BAD_REQUEST", "binary frames are not accepted; send JSON text frames")
+    size = len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_voice_bytes:
+        raise ProtocolError("BAD_REQUEST", f"message too large ({size} bytes)")
+    try:
+        msg = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ProtocolError("BAD_REQUEST", f"malformed JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("BAD_REQUEST", "a message must be a JSON object")
+    kind = msg.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("BAD_REQUEST", "missing field 'type'")
+    if kind != "registerVoice" and size > max_bytes:
+        raise ProtocolError("BAD_REQUEST", f"message too large ({size} > {max_bytes} bytes)")
+    if kind == "speak":
+        rid = _get(msg, "requestId", str)
+        try:
+            text = _get(msg, "text", str, required=True)
+            priority = _choice(msg, "priority", PRIORITIES) or "normal"
+            sampling = _sampling(msg)
+        except ProtocolError as exc:
+            exc.request_id = rid
+            raise
+        return Speak(text=text, priority=priority, request_id=rid, sampling=sampling)
+    if kind == "start":
+        rate = _get(msg, "sampleRate", int)
+        if rate is not None and rate not in SAMPLE_RATES:
+            raise ProtocolError("BAD_REQUEST", f"sampleRate must be one of {list(SAMPLE_RATES)}")
+        return Start(
+            sample_rate=rate,
+            encoding=_choice(msg, "encoding", ENCODINGS),
+            voice=_get(msg, "voice", str),
+            language=_get(msg, "language", str),
+            auth_token=_get(msg, "authToken", str),
+            contract_id=_get(msg, "contractId", (str, int)),
+            transport=_choice(msg, "transport", TRANSPORTS),
+            sampling=_sampling(msg),
+        )
+    if kind == "cancel":
+        return Cancel()
+    if kind == "stop":
+        return Stop(reason=_get(msg, "reason", str))
+    if kind == "registerVoice":
+        voice_id = _get(msg, "voiceId", str, required=True)
+        b64 = _get(msg, "audio", str, required=True)
+        try:
+            audio = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("BAD_REQUEST", "field 'audio' is not valid base64") from None
+        if not audio:
+            raise ProtocolError("BAD_REQUEST", "field 'audio' is empty")
+        return RegisterVoice(
+            voice_id=voice_id,
+            audio=audio,
+            transcript=_get(msg, "transcript", str),
+            language=_get(msg, "language", str),
+            name=_get(msg, "name", str),
+            description=_get(msg, "description", str),
+            overwrite=bool(_get(msg, "overwrite", bool)),
+        )
+    raise ProtocolError("BAD_REQUEST", f"unknown message type {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Server -> client
+
+
+def dumps(obj: dict) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def error_message(code: str, message: str, request_id: str | None = None) -> dict:
+    out = {"type": "error", "code": code, "message": message, "recoverable": ERROR_CODES[code]}
+    if request_id is not None:
+        out["requestId"] = request_id
+    return out
+
+
+def encode_pcm(samples: np.ndarray, encoding: str) -> bytes:
+    """Float32 mono samples in [-1, 1] -> little-endian PCM bytes."""
+    if encoding == "pcm32f":
+        return np.asarray(samples, dtype="<f4").tobytes()
+    clipped = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
+    return np.round(clipped * 32767.0).astype("<i2").tobytes()
+
+
+def decode_pcm(data: bytes, encoding: str) -> np.ndarray:
+    """Inverse of encode_pcm (to float32), for clients and tests."""
+    if encoding == "pcm32f":
+        return np.frombuffer(data, dtype="<f4").astype(np.float32)
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32767.0
+
+
+def bytes_per_sample(encoding: str) -> int:
+    return 4 if encoding == "pcm32f" else 2

@@ -1,0 +1,485 @@
+"""One WebSocket connection: the /api/v1/speak session state machine.
+
+A session runs one `speak` at a time; later ones wait in a bounded per-session queue ("high"
+before "normal", FIFO within a priority). Each `speak` ends with exactly one `complete`
+(`cancelled: true` when it was cancelled) or one `error`. Everything sent goes through one
+ordered, byte-bounded send buffer drained by a sender task; a client that lets it overflow
+is disconnected instead of buffered without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import queue
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from . import protocol as P
+from .resample import StreamResampler
+from .voices import canonical_language
+from .worker import Job, WorkerStopped
+
+if TYPE_CHECKING:
+    from .app import TTSServer
+
+log = logging.getLogger("qwen3tts.server")
+
+FRAME_RATE_HZ = 12.5
+
+
+@dataclass
+class Settings:
+    sample_rate: int = P.ENGINE_SAMPLE_RATE
+    encoding: str = "pcm16"
+    voice: str | None = None
+    language: str = "English"
+    transport: str = "binary"
+    contract_id: Any = None
+    sampling: P.Sampling = field(default_factory=P.Sampling)
+
+
+@dataclass
+class Running:
+    """Loop-side state of one speak request."""
+
+    speak: P.Speak
+    settings: Settings
+    received_at: float  # monotonic, when the `speak` arrived (T0 as the server sees it)
+    job: Job | None = None
+    resampler: StreamResampler | None = None
+    samples_sent: int = 0
+    sequence: int = 0
+    first_audio_at: float | None = None
+    last_audio_at: float | None = None
+    finished: bool = False
+    timer: asyncio.TimerHandle | None = None
+    task: asyncio.Task | None = None
+
+
+_CLOSE = object()
+
+
+class Session:
+    def __init__(self, server: TTSServer, ws: ServerConnection, sid: str, authed: bool):
+        self.server = server
+        self.cfg = server.cfg
+        self.ws = ws
+        self.sid = sid
+        self.authed = authed
+        self.settings = Settings(voice=server.voices.default_id())
+        self.waiting: deque[tuple[P.Speak, float]] = deque()
+        self.current: Running | None = None
+        self._out: asyncio.Queue = asyncio.Queue()
+        self._out_bytes = 0
+        self.closing = False
+        self._register_task: asyncio.Task | None = None
+        self._prefetch: asyncio.Task | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.n_requests = 0
+        self.n_errors = 0
+        self.audio_bytes = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def stats(self) -> dict:
+        return {"requests": self.n_requests, "errors": self.n_errors, "audioBytes": self.audio_bytes}
+
+    def _log(self, event: str, **fields) -> None:
+        log.info(json.dumps({"event": event, "session": self.sid, **fields}))
+
+    # -- sending -----------------------------------------------------------------------------
+    def send(self, item: dict | bytes) -> None:
+        """Queue a message in order. Overflowing the buffer disconnects the client."""
+        if self.closing:
+            return
+        data = P.dumps(item) if isinstance(item, dict) else item
+        size = len(data)
+        if self._out_bytes + size > self.cfg.max_send_buffer_bytes:
+            self._log("slow_client_disconnect", buffered=self._out_bytes)
+            self._abort_all()
+            self.closing = True
+            self._spawn(self._close(1008, "client is not reading audio"))
+            return
+        self._out_bytes += size
+        self._out.put_nowait(data)
+
+    def send_error(self, code: str, message: str, request_id: str | None = None) -> None:
+        self.n_errors += 1
+        self._log("error", code=code, message=message[:200], requestId=request_id)
+        self.send(P.error_message(code, message, request_id))
+
+    async def _sender(self) -> None:
+        while True:
+            item = await self._out.get()
+            if item is _CLOSE:
+                return
+            self._out_bytes -= len(item)
+            await self.ws.send(item)
+
+    async def _close(self, code: int = 1000, reason: str = "") -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), 3)
+        except Exception:  # noqa: BLE001 - give up politely, then hard
+            self.ws.transport.abort()
+
+    async def close_after_flush(self, code: int = 1000, reason: str = "") -> None:
+        """Send what is queued, then close (after `stopped` and fatal errors)."""
+        self.closing = True
+        self._out.put_nowait(_CLOSE)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._sender_task), 5)
+        except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing anyway
+            pass
+        await self._close(code, reason)
+
+    # -- main loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._sender_task = asyncio.get_running_loop().create_task(self._sender())
+        backend = self.server.backend
+        ready = {"type": "ready", "sessionId": self.sid, "voiceLoaded": self.settings.voice,
+                 "modelReady": backend is not None, "capabilities": self.server.capabilities(),
+                 "authRequired": not self.authed}
+        if backend is not None and backend.is_demo:
+            ready["warning"] = "demo checkpoint with random weights: the audio is not speech"
+        self.send(ready)
+        auth_timer = None
+        if not self.authed:
+            auth_timer = asyncio.get_running_loop().call_later(self.cfg.auth_timeout_s, self._auth_timeout)
+        try:
+            async for raw in self.ws:
+                if self.closing:
+                    break
+                self._dispatch(raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            if auth_timer:
+                auth_timer.cancel()
+            self.closing = True
+            self._abort_all()
+            for t in (self._register_task, self._prefetch):
+                if t and not t.done():
+                    t.cancel()
+            self._out.put_nowait(_CLOSE)
+            try:
+                await asyncio.wait_for(self._sender_task, 1)
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001
+                self._sender_task.cancel()
+
+    def _auth_timeout(self) -> None:
+        if not self.authed and not self.closing:
+            self.send_error("UNAUTHORIZED", "no valid authToken within "
+                            f"{self.cfg.auth_timeout_s:g} s")
+            self._spawn(self.close_after_flush(1008, "unauthorized"))
+
+    def _dispatch(self, raw: str | bytes) -> None:
+        try:
+            msg = P.parse_client_message(raw, self.cfg.max_message_bytes, self.cfg.max_voice_message_bytes)
+        except P.ProtocolError as exc:
+            if not self.authed:
+                return self._unauthorized()
+            return self.send_error(exc.code, exc.message, exc.request_id)
+        if not self.authed:
+            if isinstance(msg, P.Start) and self.server.check_token(msg.auth_token):
+                self.authed = True
+            else:
+                return self._unauthorized()
+        try:
+            if isinstance(msg, P.Start):
+                self._on_start(msg)
+            elif isinstance(msg, P.Speak):
+                self._on_speak(msg)
+            elif isinstance(msg, P.Cancel):
+                self._on_cancel()
+            elif isinstance(msg, P.Stop):
+                self._on_stop(msg)
+            elif isinstance(msg, P.RegisterVoice):
+                self._on_register(msg)
+        except P.ProtocolError as exc:
+            self.send_error(exc.code, exc.message, exc.request_id)
+
+    def _unauthorized(self) -> None:
+        self.send_error("UNAUTHORIZED", "missing or wrong authToken (send it in `start`)")
+        self._spawn(self.close_after_flush(1008, "unauthorized"))
+        self.closing = True
+
+    # -- handlers ----------------------------------------------------------------------------
+    def _on_start(self, msg: P.Start) -> None:
+        s = self.settings
+        voice = s.voice
+        if msg.voice is not None:
+            voice = self.server.voices.get(msg.voice).id  # VOICE_NOT_FOUND
+        language = s.language
+        if msg.language is not None:
+            language = canonical_language(msg.language, self.server.languages)
+        self.settings = Settings(
+            sample_rate=msg.sample_rate or s.sample_rate,
+            encoding=msg.encoding or s.encoding,
+            voice=voice,
+            language=language,
+            transport=msg.transport or s.transport,
+            contract_id=msg.contract_id if msg.contract_id is not None else s.contract_id,
+            sampling=s.sampling.merged(msg.sampling),
+        )
+        n = self.settings
+        reply = {"type": "started", "sampleRate": n.sample_rate, "encoding": n.encoding,
+                 "voice": n.voice, "language": n.language, "transport": n.transport}
+        if n.contract_id is not None:
+            reply["contractId"] = n.contract_id
+        self._log("start", sampleRate=n.sample_rate, encoding=n.encoding, voice=n.voice,
+                  language=n.language, transport=n.transport)
+        self.send(reply)
+        # Load the voice prompt now, so the first `speak` does not wait for it.
+        if self.server.backend is not None and n.voice is not None:
+            self._prefetch = self._spawn(self._prefetch_voice(n.voice))
+
+    async def _prefetch_voice(self, voice_id: str) -> None:
+        try:
+            await self.server.voices.prompt(self.server.voices.get(voice_id), self.server.worker)
+        except Exception as exc:  # noqa: BLE001 - the speak will report it
+            self._log("voice_prefetch_failed", voice=voice_id, error=repr(exc))
+
+    def _on_speak(self, msg: P.Speak) -> None:
+        rid = msg.request_id
+        if self.server.shutting_down:
+            raise P.ProtocolError("RATE_LIMITED", "server is shutting down", rid)
+        text = msg.text.strip()
+        if not text:
+            raise P.ProtocolError("INVALID_TEXT", "text is empty", rid)
+        if len(msg.text) > self.cfg.max_text_chars:
+            raise P.ProtocolError("INVALID_TEXT", f"text longer than {self.cfg.max_text_chars} "
+                                  "characters", rid)
+        if self.server.backend is None:
+            state = self.server.worker.state if self.server.worker else "loading"
+            if state == "failed":
+                raise P.ProtocolError("SYNTHESIS_ERROR", f"model failed to load: {self.server.worker.error}", rid)
+            raise P.ProtocolError("MODEL_LOADING", "the model is still loading; retry shortly", rid)
+        busy = self.current is not None
+        if busy and len(self.waiting) >= self.cfg.max_queued_per_session:
+            raise P.ProtocolError("RATE_LIMITED", f"more than {self.cfg.max_queued_per_session} "
+                                  "requests queued on this session", rid)
+        now = time.monotonic()
+        if msg.priority == "high":
+            # After the last queued high request, ahead of every queued normal one.
+            idx = sum(1 for m, _ in self.waiting if m.priority == "high")
+            self.waiting.insert(idx, (msg, now))
+        else:
+            self.waiting.append((msg, now))
+        self._next()
+
+    def _next(self) -> None:
+        if self.current is not None or self.closing:
+            return
+        if not self.waiting:
+            self.idle.set()
+            return
+        self.idle.clear()
+        speak, t0 = self.waiting.popleft()
+        run = Running(speak=speak, settings=self.settings, received_at=t0)
+        self.current = run
+        self.n_requests += 1
+        run.task = self._spawn(self._launch(run))
+
+    async def _launch(self, run: Running) -> None:
+        """Resolve the voice prompt, build the request, hand it to the device worker."""
+        s, speak, rid = run.settings, run.speak, run.speak.request_id
+        server = self.server
+        try:
+            voice = server.voices.get(s.voice)
+            prompt = await server.voices.prompt(voice, server.worker)
+        except P.ProtocolError as exc:
+            return self._fail(run, exc.code, exc.message)
+        except WorkerStopped:
+            return self._fail(run, "SYNTHESIS_ERROR", "server is shutting down")
+        except Exception as exc:  # noqa: BLE001
+            return self._fail(run, "SYNTHESIS_ERROR", f"voice prompt failed: {type(exc).__name__}: {exc}")
+        if run is not self.current or run.finished:
+            return  # cancelled while the prompt was loading
+        samp = s.sampling.merged(speak.sampling)
+        kwargs = {"text": speak.text, "voice": prompt, "language": s.language,
+                  "seed": samp.seed if samp.seed is not None else self.cfg.default_seed,
+                  "max_new_frames": samp.max_frames or self._frame_budget(speak.text)}
+        for attr in ("greedy", "temperature", "top_k", "top_p", "repetition_penalty"):
+            if getattr(samp, attr) is not None:
+                kwargs[attr] = getattr(samp, attr)
+        try:
+            request = server.backend.request_cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            return self._fail(run, "BAD_REQUEST", str(exc))
+        run.resampler = StreamResampler(server.backend.sample_rate, s.sample_rate)
+        run.job = Job(request, speak.priority, lambda kind, payload: self._on_event(run, kind, payload),
+                      label=f"{self.sid}/{rid or self.n_requests}")
+        try:
+            server.worker.submit(run.job)
+        except queue.Full:
+            return self._fail(run, "RATE_LIMITED", "the device queue is full; retry shortly")
+        except WorkerStopped:
+            return self._fail(run, "SYNTHESIS_ERROR", "server is shutting down")
+        run.timer = asyncio.get_running_loop().call_later(self.cfg.request_timeout_s, self._on_timeout, run)
+        self._log("speak", requestId=rid, chars=len(speak.text), priority=speak.priority,
+                  voice=s.voice, language=s.language, sampleRate=s.sample_rate)
+
+    def _frame_budget(self, text: str) -> int:
+        """Guard against runaway generation (missing EOS): about 0.25 s per character + 3 s."""
+        seconds = min(self.cfg.max_audio_seconds, 3.0 + 0.25 * len(text))
+        return max(1, int(seconds * FRAME_RATE_HZ))
+
+    # -- events from the worker (on the loop) ------------------------------------------------
+    def _on_event(self, run: Running, kind: str, payload: Any) -> None:
+        if run.finished or run is not self.current:
+            return  # cancelled or timed out: late audio is dropped
+        if kind == "audio":
+            self._send_audio(run, run.resampler.process(payload), final=False)
+        elif kind == "done":
+            self._send_audio(run, run.resampler.flush(), final=True)
+            self._complete(run, cancelled=False)
+        elif kind == "error":
+            code, message = payload
+            self._fail(run, code, message)
+
+    def _send_audio(self, run: Running, samples, final: bool) -> None:
+        s = run.settings
+        if len(samples) == 0 and not (final and s.transport == "json"):
+            return
+        now = time.monotonic()
+        if run.first_audio_at is None and len(samples):
+            run.first_audio_at = now
+            self._log("first_audio", requestId=run.speak.request_id,
+                      ms=round((now - run.received_at) * 1000, 1))
+        run.last_audio_at = now
+        data = P.encode_pcm(samples, s.encoding)
+        run.samples_sent += len(samples)
+        self.audio_bytes += len(data)
+        if s.transport == "json":
+            self.send({"type": "audioChunk", "data": base64.b64encode(data).decode("ascii"),
+                       "sequenceNumber": run.sequence, "isFinal": final,
+                       "timestampMs": round(1000 * (run.samples_sent - len(samples)) / s.sample_rate, 3)})
+            run.sequence += 1
+        else:
+            self.send(data)
+
+    def _finish(self, run: Running) -> None:
+        run.finished = True
+        if run.timer:
+            run.timer.cancel()
+        if run.job is not None:
+            self.server.worker.cancel(run.job)  # a no-op for a finished job; frees a running slot
+        if self.current is run:
+            self.current = None
+
+    def _summary(self, run: Running) -> dict:
+        end = run.last_audio_at or time.monotonic()
+        out = {"durationMs": round((end - run.received_at) * 1000, 1),
+               "charactersProcessed": len(run.speak.text),
+               "audioLengthMs": round(1000 * run.samples_sent / run.settings.sample_rate, 3),
+               "samples": run.samples_sent, "sampleRate": run.settings.sample_rate}
+        if run.first_audio_at is not None:
+            out["firstAudioMs"] = round((run.first_audio_at - run.received_at) * 1000, 1)
+        if run.speak.request_id is not None:
+            out["requestId"] = run.speak.request_id
+        return out
+
+    def _complete(self, run: Running, cancelled: bool) -> None:
+        self._finish(run)
+        msg = {"type": "complete", **self._summary(run)}
+        if cancelled:
+            msg["cancelled"] = True
+        self._log("complete", cancelled=cancelled, **{k: v for k, v in msg.items() if k != "type"})
+        self.send(msg)
+        self._next()
+
+    def _fail(self, run: Running, code: str, message: str) -> None:
+        if run.finished:
+            return
+        self._finish(run)
+        self.send_error(code, message, run.speak.request_id)
+        self._next()
+
+    def _on_timeout(self, run: Running) -> None:
+        if not run.finished:
+            self._fail(run, "TIMEOUT", f"request ran past {self.cfg.request_timeout_s:g} s")
+
+    def _drop_waiting(self, error: tuple[str, str] | None = None) -> None:
+        while self.waiting:
+            speak, t0 = self.waiting.popleft()
+            if error:
+                self.send_error(error[0], error[1], speak.request_id)
+            else:
+                msg = {"type": "complete", "durationMs": 0.0, "charactersProcessed": 0,
+                       "audioLengthMs": 0.0, "samples": 0, "sampleRate": self.settings.sample_rate,
+                       "cancelled": True}
+                if speak.request_id is not None:
+                    msg["requestId"] = speak.request_id
+                self.send(msg)
+
+    def _on_cancel(self) -> None:
+        self._drop_waiting()
+        run = self.current
+        if run is not None:
+            self._log("cancel", requestId=run.speak.request_id)
+            self._complete(run, cancelled=True)  # stops the audio now; the slot frees before the next step
+        self.idle.set()
+
+    def _on_stop(self, msg: P.Stop) -> None:
+        self._on_cancel()
+        reason = msg.reason or "client stop"
+        self.send({"type": "stopped", "reason": reason})
+        self._log("stop", reason=reason)
+        self._spawn(self.close_after_flush(1000, "stopped"))
+
+    def _abort_all(self) -> None:
+        """Connection gone: free the device slot and forget queued work (nothing is sent)."""
+        self.waiting.clear()
+        run = self.current
+        if run is not None and not run.finished:
+            self._finish(run)
+        self.idle.set()
+
+    def _on_register(self, msg: P.RegisterVoice) -> None:
+        if self._register_task is not None and not self._register_task.done():
+            raise P.ProtocolError("RATE_LIMITED", "one registerVoice at a time per session")
+        if self.server.backend is None:
+            raise P.ProtocolError("MODEL_LOADING", "the model is still loading; retry shortly")
+        self._register_task = self._spawn(self._register(msg))
+
+    async def _register(self, msg: P.RegisterVoice) -> None:
+        try:
+            voice = await self.server.voices.register(msg, self.server.worker, self.server.languages)
+        except P.ProtocolError as exc:
+            return self.send_error(exc.code, exc.message)
+        except Exception as exc:  # noqa: BLE001
+            return self.send_error("SYNTHESIS_ERROR", f"registerVoice failed: {type(exc).__name__}: {exc}")
+        self.send({"type": "voiceRegistered", "voiceId": voice.id, "voice": voice.public(),
+                   "xVectorOnly": voice.transcript is None})
+
+    # -- server shutdown ---------------------------------------------------------------------
+    async def shutdown(self, grace_s: float) -> None:
+        """Let the running and queued requests finish within `grace_s`, then cancel, then close."""
+        if self.closing:
+            return
+        try:
+            await asyncio.wait_for(self.idle.wait(), grace_s)
+        except TimeoutError:
+            pass
+        if self.closing:
+            return
+        self._drop_waiting(("CANCELLED", "server is shutting down"))
+        run = self.current
+        if run is not None and not run.finished:
+            self._fail(run, "CANCELLED", "server is shutting down")
+        self.send({"type": "stopped", "reason": "server shutdown"})
+        await self.close_after_flush(1001, "server shutdown")

@@ -1,0 +1,272 @@
+"""The device worker: one thread that owns the model and drives the BatchEngine.
+
+Continuous batching: the engine has a fixed number of slots. Between two decode steps the
+worker drains its command queue, drops cancelled work, admits pending requests into free
+slots (all "high" priority work before any "normal" work, FIFO within a priority), then runs
+one `engine.step()` for every active slot and hands each slot's PCM to its session as soon as
+it exists. A cancelled, timed-out or disconnected request is released before the next step,
+so it costs at most the step already running.
+
+Hand-offs: the asyncio side puts commands into a bounded `queue.Queue`; the worker posts
+results back with `loop.call_soon_threadsafe`, so the event loop never waits on the device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .backend import Backend
+
+log = logging.getLogger("qwen3tts.server")
+
+_ids = itertools.count(1)
+
+
+class Job:
+    """One speak request on its way through the device.
+
+    `sink(kind, payload)` runs on the event loop: ("audio", np.ndarray float32),
+    ("done", None), ("error", (code, message)). `cancel_requested` is set from the loop and
+    read by the worker (a plain attribute store: atomic under the GIL).
+    """
+
+    def __init__(self, request: Any, priority: str, sink: Callable[[str, Any], None], label: str = ""):
+        self.id = next(_ids)
+        self.request = request
+        self.priority = priority
+        self.sink = sink
+        self.label = label
+        self.cancel_requested = False
+        self.slot: int | None = None
+        self.submitted_at = time.monotonic()
+        self.admitted_at: float | None = None
+
+
+class WorkerStopped(RuntimeError):
+    pass
+
+
+class DeviceWorker:
+    def __init__(self, loader: Callable[[], Backend], loop: asyncio.AbstractEventLoop,
+                 num_slots: int, max_commands: int = 1024, name: str = "device-worker"):
+        self._loader = loader
+        self._loop = loop
+        self.num_slots = num_slots
+        self._commands: queue.Queue = queue.Queue(maxsize=max_commands)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.backend: Backend | None = None
+        self.state = "loading"  # loading -> ready -> stopped | failed
+        self.error: str | None = None
+        self.loaded: asyncio.Future = loop.create_future()
+        self._stopping = False
+        # Stats (written by the worker thread, read for /healthz).
+        self.steps = 0
+        self.active = 0
+        self.pending = 0
+        self.step_seconds = 0.0
+
+    # -- asyncio side ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job for admission; raises queue.Full when the worker is saturated."""
+        if self.state != "ready":
+            raise WorkerStopped(self.state)
+        self._commands.put_nowait(("submit", job))
+
+    def cancel(self, job: Job) -> None:
+        """Drop a job; the worker releases its slot before its next step."""
+        job.cancel_requested = True
+        try:
+            self._commands.put_nowait(("wake", None))
+        except queue.Full:
+            pass  # the worker is busy and checks the flag before every step anyway
+
+    def call(self, fn: Callable[[Backend], Any]) -> asyncio.Future:
+        """Run `fn(backend)` on the worker thread between steps; the result comes back as a future."""
+        fut = self._loop.create_future()
+        if self.state not in ("loading", "ready"):
+            fut.set_exception(WorkerStopped(self.state))
+            return fut
+        try:
+            self._commands.put_nowait(("call", (fn, fut)))
+        except queue.Full:
+            fut.set_exception(queue.Full())
+        return fut
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        try:
+            self._commands.put(("stop", None), timeout=1.0)
+        except queue.Full:
+            pass
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- worker thread --------------------------------------------------------------------
+    def _post(self, fn: Callable, *args) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def _emit(self, job: Job, kind: str, payload: Any = None) -> None:
+        self._post(job.sink, kind, payload)
+
+    def _run(self) -> None:
+        try:
+            backend = self._loader()
+        except Exception as exc:  # noqa: BLE001 - reported to every client as MODEL_LOADING
+            self.state = "failed"
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error(json.dumps({"event": "model_load_failed", "error": self.error}))
+            log.debug(traceback.format_exc())
+            self._post(_set_result, self.loaded, False)
+            self._fail_commands()
+            return
+        self.backend = backend
+        self.state = "ready"
+        self._post(_set_result, self.loaded, True)
+        try:
+            self._serve(backend)
+        finally:
+            self.state = "stopped"
+            self._fail_commands()
+
+    def _fail_commands(self) -> None:
+        while True:
+            try:
+                kind, arg = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "call":
+                self._post(_set_exception, arg[1], WorkerStopped(self.state))
+            elif kind == "submit":
+                self._emit(arg, "error", ("SYNTHESIS_ERROR", "server is shutting down"))
+
+    def _serve(self, backend: Backend) -> None:
+        engine = backend.engine
+        free = list(range(self.num_slots))
+        active: dict[int, Job] = {}
+        pending = {"high": deque(), "normal": deque()}
+
+        def release(slot: int) -> None:
+            active.pop(slot, None)
+            try:
+                engine.release(slot)
+            except Exception as exc:  # noqa: BLE001 - a release must never kill the worker
+                log.error(json.dumps({"event": "release_failed", "slot": slot, "error": repr(exc)}))
+            free.append(slot)
+            free.sort()
+
+        while True:
+            # 1. Commands; block only when there is nothing to step.
+            idle = not active and not any(pending.values())
+            try:
+                cmd = self._commands.get(timeout=0.5) if idle else self._commands.get_nowait()
+            except queue.Empty:
+                cmd = None
+            while cmd is not None:
+                kind, arg = cmd
+                if kind == "stop":
+                    self._stopping = True
+                elif kind == "submit":
+                    pending[arg.priority if arg.priority in pending else "normal"].append(arg)
+                elif kind == "call":
+                    fn, fut = arg
+                    try:
+                        result = fn(backend)
+                    except Exception as exc:  # noqa: BLE001 - handed to the caller
+                        self._post(_set_exception, fut, exc)
+                    else:
+                        self._post(_set_result, fut, result)
+                try:
+                    cmd = self._commands.get_nowait()
+                except queue.Empty:
+                    cmd = None
+            if self._stopping:
+                for slot in list(active):
+                    release(slot)
+                return
+
+            # 2. Drop cancelled work, running or queued.
+            for slot, job in list(active.items()):
+                if job.cancel_requested:
+                    release(slot)
+            for q in pending.values():
+                if any(j.cancel_requested for j in q):
+                    kept = [j for j in q if not j.cancel_requested]
+                    q.clear()
+                    q.extend(kept)
+
+            # 3. Admit: high before normal.
+            while free and (pending["high"] or pending["normal"]):
+                job = (pending["high"] or pending["normal"]).popleft()
+                slot = free.pop(0)
+                try:
+                    engine.admit(slot, job.request)
+                except ValueError as exc:
+                    release(slot)
+                    self._emit(job, "error", ("INVALID_TEXT", str(exc)))
+                    continue
+                except Exception as exc:  # noqa: BLE001
+                    log.error(json.dumps({"event": "admit_failed", "job": job.label,
+                                          "error": repr(exc)}))
+                    release(slot)
+                    self._emit(job, "error", ("SYNTHESIS_ERROR", f"{type(exc).__name__}: {exc}"))
+                    continue
+                job.slot = slot
+                job.admitted_at = time.monotonic()
+                active[slot] = job
+            self.active = len(active)
+            self.pending = len(pending["high"]) + len(pending["normal"])
+            if not active:
+                continue
+
+            # 4. One decode step for every active slot.
+            t0 = time.perf_counter()
+            try:
+                outputs = engine.step()
+            except Exception as exc:  # noqa: BLE001 - every running request fails, the worker lives
+                log.error(json.dumps({"event": "step_failed", "error": repr(exc)}))
+                log.debug(traceback.format_exc())
+                for slot, job in list(active.items()):
+                    self._emit(job, "error", ("SYNTHESIS_ERROR", f"{type(exc).__name__}: {exc}"))
+                    release(slot)
+                continue
+            self.step_seconds += time.perf_counter() - t0
+            self.steps += 1
+            for slot, out in outputs.items():
+                job = active.get(slot)
+                if job is None:
+                    continue
+                if job.cancel_requested:
+                    release(slot)
+                    continue
+                if out.pcm is not None and len(out.pcm):
+                    self._emit(job, "audio", out.pcm)
+                if out.finished:
+                    self._emit(job, "done")
+                    release(slot)
+            self.active = len(active)
+
+
+def _set_result(fut: asyncio.Future, value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future, exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
