@@ -239,7 +239,8 @@ def min_samples(cfg: SpeakerEncoderConfig) -> int:
 
 
 def bucket_frames(num_frames: int) -> int:
-    """Padded frame count for a clip of `num_frames`: at most ~25% padding, ~4 sizes per octave."""
+    """Padded frame count for `num_frames`: multiples of 64 up to 512, then ~4 sizes per octave
+    (padding under 25%)."""
     step = max(64, 1 << max(num_frames.bit_length() - 3, 0))
     return -(-num_frames // step) * step
 
@@ -283,13 +284,21 @@ def embed(module: SpeakerEncoder, pcm_24k: np.ndarray) -> np.ndarray:
     along, so a handful of compiled shapes serve every clip length with the same result as
     the reference on the unpadded clip.
     """
+    return embed_batch(module, [pcm_24k])[0]
+
+
+def embed_batch(module: SpeakerEncoder, clips: list[np.ndarray]) -> np.ndarray:
+    """x-vectors `float32 [N, enc_dim]` of N clips of any lengths, in one padded, masked batch."""
     cfg = module.cfg
-    pcm = validate_pcm(pcm_24k, cfg)
+    if not clips:
+        raise ValueError("no clips given")
+    pcms = [validate_pcm(c, cfg) for c in clips]
     mel = mel_config(cfg)
-    frames = bucket_frames(mel.num_frames(pcm.size))
-    buf = np.zeros((1, (frames + 1) * mel.hop_size), np.float32)  # holds any S with S // hop <= frames
-    buf[0, :pcm.size] = pcm
+    frames = bucket_frames(max(mel.num_frames(p.size) for p in pcms))
+    buf = np.zeros((len(pcms), (frames + 1) * mel.hop_size), np.float32)  # any S with S // hop <= frames
+    for row, pcm in zip(buf, pcms, strict=True):
+        row[:pcm.size] = pcm
+    lengths = np.array([p.size for p in pcms], np.int32)
     graphdef, state = nnx.split(module)
-    out = _embed_padded(graphdef, state, buf, np.array([pcm.size], np.int32),
-                        num_frames=frames, mel=mel)
-    return np.asarray(out[0], dtype=np.float32)
+    out = _embed_padded(graphdef, state, buf, lengths, num_frames=frames, mel=mel)
+    return np.asarray(out, dtype=np.float32)
