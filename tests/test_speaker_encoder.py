@@ -173,3 +173,19 @@ def test_real_size_three_seconds():
     assert sum(p.numel() for p in ref.parameters()) == pytest.approx(8.85e6, rel=0.01)
     pcm = _clip(7, 3 * SR)
     assert rel_err(embed(_ours(ref, REAL), pcm), _reference_embedding(ref, pcm)) < 1e-4
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-proj"])
+def test_converted_checkpoint_matches_extract_speaker_embedding(checkpoints, reference_of, preset):
+    """End to end: the real converter and `qwen3tts_jax.load` against the reference model's own method."""
+    import qwen3tts_jax
+
+    hf, converted = checkpoints.get(preset, 0)
+    ref = reference_of(hf).model
+    module = qwen3tts_jax.load(converted, ["speaker_encoder"]).speaker_encoder
+    for seed, samples in [(0, 2 * SR + 321), (1, 10 * SR)]:
+        pcm = _clip(seed, samples)
+        with torch.no_grad():
+            expected = ref.extract_speaker_embedding(pcm, SR).float().numpy()
+        assert expected.shape == (module.cfg.enc_dim,)
+        assert rel_err(embed(module, pcm), expected) < 1e-4
