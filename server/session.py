@@ -112,7 +112,8 @@ class Session:
             self._log("slow_client_disconnect", buffered=self._out_bytes)
             self._abort_all()
             self.closing = True
-            self._spawn(self._close(1008, "client is not reading audio"))
+            # It does not read, so a closing handshake would only wait: drop the TCP connection.
+            self.ws.transport.abort()
             return
         self._out_bytes += size
         self._out.put_nowait(data)
@@ -163,7 +164,11 @@ class Session:
             async for raw in self.ws:
                 if self.closing:
                     break
-                self._dispatch(raw)
+                try:
+                    self._dispatch(raw)
+                except Exception:  # noqa: BLE001 - a server bug must not kill the session
+                    log.exception(json.dumps({"event": "internal_error", "session": self.sid}))
+                    self.send_error("SYNTHESIS_ERROR", "internal server error")
         except ConnectionClosed:
             pass
         finally:
@@ -398,7 +403,9 @@ class Session:
         msg = {"type": "complete", **self._summary(run)}
         if cancelled:
             msg["cancelled"] = True
-        self._log("complete", cancelled=cancelled, **{k: v for k, v in msg.items() if k != "type"})
+        fields = {k: v for k, v in msg.items() if k != "type"}
+        fields["cancelled"] = cancelled
+        self._log("complete", **fields)
         self.send(msg)
         self._next()
 
