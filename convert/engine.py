@@ -68,6 +68,7 @@ def plan(source_shapes: dict[str, tuple[int, ...]],
     problems: list[str] = []
     plan_: dict[str, Assignment] = {}
     filled: dict[tuple[str, str], str] = {}
+    claimed: set[tuple[str, str]] = set()
     for key, shape in source_shapes.items():
         origin = f"{where[key]}: " if key in where else ""
         matches = _match(key)
@@ -89,9 +90,11 @@ def plan(source_shapes: dict[str, tuple[int, ...]],
             problems.append(f"{origin}key {key!r} maps to {target!r}, which is not a model parameter")
             continue
         if transform.rank is not None and len(shape) != transform.rank:
+            claimed.add((component, path))
             problems.append(f"{origin}key {key!r}: shape {shape} is not rank {transform.rank} "
                             f"({transform.name})")
             continue
+        claimed.add((component, path))  # a bad shape is reported once, not again as "unfilled"
         got = transform.shape(shape)
         if tuple(got) != tuple(expected.shape):
             problems.append(f"{origin}key {key!r}: shape {shape} -> {got} ({transform.name}) but "
@@ -104,7 +107,7 @@ def plan(source_shapes: dict[str, tuple[int, ...]],
         plan_[key] = Assignment(component, path, transform)
     for component, paths in targets.items():
         for path in paths:
-            if (component, path) not in filled:
+            if (component, path) not in filled and (component, path) not in claimed:
                 problems.append(f"target {component}.{path} {tuple(paths[path].shape)} "
                                 "is not filled by any source key")
     if problems:
