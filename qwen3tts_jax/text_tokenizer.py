@@ -24,7 +24,9 @@ uses the Mistral regex. The two regexes differ on mixed-case words and contracti
 
 `regex=` picks it: "mistral", "qwen2", or "auto" (the default), which applies the rule above to
 the folder being loaded, so it always matches the reference loading that same local folder
-with transformers 4.57.3. For the released checkpoints "auto" resolves to "mistral".
+with transformers 4.57.3. For the released checkpoints "auto" resolves to "mistral". A folder
+downloaded from the hub is still a local folder here; to mirror a reference that was given the
+hub id instead (`Qwen3TTSModel.from_pretrained("Qwen/...")`), pass regex="qwen2".
 `TextTokenizer.regex` tells which one was used.
 
 Templates (reference `Qwen3TTSModel._build_assistant_text`, `_build_ref_text`,
@@ -94,15 +96,17 @@ ROLE_LEN, TARGET_SUFFIX_LEN, REF_SUFFIX_LEN = 3, 5, 2
 _LEADING_NEWLINES = re.compile(r"\s*[\r\n]")
 
 
-def reference_regex(path: str | Path) -> Literal["mistral", "qwen2"]:
+def reference_regex(path: str | Path, vocab_size: int | None = None) -> Literal["mistral", "qwen2"]:
     """The regex transformers 4.57.3 uses for `from_pretrained(path, fix_mistral_regex=True)`.
 
-    `path` is a local folder with `vocab.json` (and maybe `config.json`); see the module
-    docstring for the rule.
+    `path` is a local folder with `vocab.json` (and maybe `config.json`); `vocab_size` is the
+    number of vocab.json entries, read from the folder when not given. See the module docstring
+    for the rule.
     """
     path = Path(path)
-    with open(path / "vocab.json", encoding="utf-8") as f:
-        vocab_size = len(json.load(f))
+    if vocab_size is None:
+        with open(path / "vocab.json", encoding="utf-8") as f:
+            vocab_size = len(json.load(f))
     if vocab_size <= 100000 or not (path / "config.json").is_file():
         return "qwen2"
     with open(path / "config.json", encoding="utf-8") as f:
@@ -209,12 +213,12 @@ class TextTokenizer:
     ) -> TextTokenizer:
         """Load `vocab.json`, `merges.txt` and `tokenizer_config.json` from a checkpoint folder."""
         path = Path(path)
-        if regex == "auto":
-            regex = reference_regex(path)
-        elif regex not in REGEXES:
+        if regex not in ("auto", *REGEXES):
             raise ValueError(f"regex must be 'auto', 'mistral' or 'qwen2', got {regex!r}")
         with open(path / "vocab.json", encoding="utf-8") as f:
             vocab = json.load(f)
+        if regex == "auto":
+            regex = reference_regex(path, len(vocab))
         with open(path / "tokenizer_config.json", encoding="utf-8") as f:
             config = json.load(f)
         if config.get("split_special_tokens", False):
@@ -229,6 +233,7 @@ class TextTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Text of `ids` (byte-level decode; invalid UTF-8 becomes U+FFFD, as `errors="replace"`)."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, token: str) -> int | None:
