@@ -197,7 +197,8 @@ class TTSServer:
                "maxSessions": self.cfg.max_sessions, "batchSlots": self.cfg.batch_slots,
                "uptimeS": round(time.time() - self.started_at, 1)}
         if w is not None:
-            out.update(activeSlots=w.active, pendingRequests=w.pending, steps=w.steps)
+            out.update(activeSlots=w.active, pendingRequests=w.pending, steps=w.steps,
+                       stepSeconds=round(w.step_seconds, 4))
             if w.error:
                 out["error"] = w.error
         if self.backend is not None:
