@@ -110,3 +110,25 @@ def test_http_routes(tmp_path):
             assert (await asyncio.to_thread(get, "/nope"))[0] == 404
             assert (await asyncio.to_thread(get, P.SPEAK_PATH))[0] == 426
     arun(body())
+
+
+def test_client_cli_writes_wav(tmp_path, capsys):
+    from server.client import main as client_main
+
+    async def body():
+        async with running_server(tmp_path) as srv:
+            out = tmp_path / "out.wav"
+            argv = ["--text", "client test", "--url", f"ws://127.0.0.1:{srv.port}/api/v1/speak",
+                    "--out", str(out), "--max-frames", "3", "--sample-rate", "16000", "--json"]
+            with pytest.raises(SystemExit) as exit_:
+                await asyncio.to_thread(client_main, argv)
+            assert exit_.value.code == 0
+            report = json.loads(capsys.readouterr().out)
+            import soundfile as sf
+            wav, sr = sf.read(out)
+            assert sr == 16000 and len(wav) == round(3 * FRAME * 16000 / 24000)
+            assert report["firstAudioMs"] > 0 and report["audioSeconds"] == pytest.approx(len(wav) / sr)
+            with pytest.raises(SystemExit) as exit_:
+                await asyncio.to_thread(client_main, argv[:-1] + ["--voice", "../x"])
+            assert exit_.value.code == 2
+    arun(body())
