@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("qwen3tts.server")
 
-DEMO_CHECKPOINT_DIR = Path(".cache") / "demo-checkpoint"
+DEMO_CHECKPOINT_DIR = Path(os.environ.get("QWEN3TTS_CACHE", ".cache")) / "demo-checkpoint"
 DEMO_WARNING = (
     "serving the embedded DEMO checkpoint with RANDOM weights: the audio is NOT speech. "
     "Give real weights with --model Qwen/Qwen3-TTS-12Hz-0.6B-Base or a local folder."

@@ -88,6 +88,7 @@ class Session:
         self.n_errors = 0
         self.audio_bytes = 0
         self._tasks: set[asyncio.Task] = set()
+        self._sender_task: asyncio.Task | None = None
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -104,8 +105,8 @@ class Session:
     # -- sending -----------------------------------------------------------------------------
     def send(self, item: dict | bytes) -> None:
         """Queue a message in order. Overflowing the buffer disconnects the client."""
-        if self.closing:
-            return
+        if self.closing or (self._sender_task is not None and self._sender_task.done()):
+            return  # the connection is gone; the reader loop is about to end
         data = P.dumps(item) if isinstance(item, dict) else item
         size = len(data)
         if self._out_bytes + size > self.cfg.max_send_buffer_bytes:
@@ -304,6 +305,7 @@ class Session:
         s, speak, rid = run.settings, run.speak, run.speak.request_id
         server = self.server
         try:
+            language = canonical_language(s.language, server.languages)
             voice = server.voices.get(s.voice)
             prompt = await server.voices.prompt(voice, server.worker)
         except P.ProtocolError as exc:
@@ -315,7 +317,7 @@ class Session:
         if run is not self.current or run.finished:
             return  # cancelled while the prompt was loading
         samp = s.sampling.merged(speak.sampling)
-        kwargs = {"text": speak.text, "voice": prompt, "language": s.language,
+        kwargs = {"text": speak.text, "voice": prompt, "language": language,
                   "seed": samp.seed if samp.seed is not None else self.cfg.default_seed,
                   "max_new_frames": samp.max_frames or self._frame_budget(speak.text)}
         for attr in ("greedy", "temperature", "top_k", "top_p", "repetition_penalty"):
