@@ -312,6 +312,8 @@ class Session:
             return self._fail(run, exc.code, exc.message)
         except WorkerStopped:
             return self._fail(run, "SYNTHESIS_ERROR", "server is shutting down")
+        except queue.Full:
+            return self._fail(run, "RATE_LIMITED", "the device queue is full; retry shortly")
         except Exception as exc:  # noqa: BLE001
             return self._fail(run, "SYNTHESIS_ERROR", f"voice prompt failed: {type(exc).__name__}: {exc}")
         if run is not self.current or run.finished:

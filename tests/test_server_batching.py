@@ -152,3 +152,47 @@ def test_slow_client_is_disconnected(tmp_path):
                 _, done = await ok.speak("fine", maxFrames=2)
                 assert done["type"] == "complete"
     arun(body())
+
+
+def test_event_loop_never_waits_on_the_device(tmp_path):
+    """A slow device step (or prompt computation) does not delay other sessions' control traffic."""
+    async def body():
+        fake = FakeTTS(step_delay=0.5)
+        async with running_server(tmp_path, fake, batch_slots=2) as srv:
+            async with Client.open(srv) as busy:
+                await busy.send(type="speak", text="slow device", maxFrames=4)
+                await asyncio.sleep(0.1)  # a step is running now
+                t0 = time.monotonic()
+                async with Client.open(srv) as other:
+                    await other.start(encoding="pcm32f", sampleRate=16000)
+                    await other.send(type="speak", text="")
+                    assert (await other.recv_json())["code"] == "INVALID_TEXT"
+                assert time.monotonic() - t0 < 0.3
+                _, done, _ = await busy.collect()
+                assert done["type"] == "complete"
+    arun(body())
+
+
+def test_restart_applies_to_next_request_only(tmp_path):
+    async def body():
+        async with running_server(tmp_path, FakeTTS(step_delay=STEP)) as srv, Client.open(srv) as c:
+            await c.start(encoding="pcm32f")
+            await c.send(type="speak", text="first", maxFrames=4)
+            await c.recv()
+            await c.send(type="start", encoding="pcm16", sampleRate=16000)
+            frames = []
+            while True:  # `started` arrives in the middle of the first request's audio
+                raw = await c.recv()
+                if isinstance(raw, bytes):
+                    frames.append(raw)
+                    continue
+                import json
+                msg = json.loads(raw)
+                if msg["type"] == "started":
+                    assert msg["encoding"] == "pcm16" and msg["sampleRate"] == 16000
+                    continue
+                assert msg["type"] == "complete" and msg["sampleRate"] == 24000
+                break
+            pcm, done = await c.speak("second", maxFrames=3)
+            assert done["sampleRate"] == 16000 and len(pcm) == 2 * done["samples"]
+    arun(body())
