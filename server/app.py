@@ -123,6 +123,10 @@ class TTSServer:
         log.info(json.dumps({"event": "model_loaded", "model": self.model_name,
                              "seconds": round(time.perf_counter() - t0, 2), "demo": backend.is_demo,
                              "slots": self.cfg.batch_slots, "sampleRate": backend.sample_rate}))
+        if backend.is_demo:
+            from .backend import DEMO_WARNING
+
+            log.warning(json.dumps({"event": "demo_weights", "message": DEMO_WARNING}))
         default = self.voices.default_id()
         if self.cfg.warmup and default is not None:
             try:

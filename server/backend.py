@@ -70,23 +70,33 @@ def load_backend(model: str | None, dtype: str, num_slots: int) -> Backend:
     if is_demo:
         model = str(ensure_demo_checkpoint())
         log.warning(json.dumps({"event": "demo_weights", "message": DEMO_WARNING}))
-    from qwen3tts_jax.engine import GenerationRequest
 
     from qwen3tts_jax import Qwen3TTS
 
-    try:
-        from qwen3tts_jax import VoicePrompt
-    except ImportError:  # pragma: no cover - depends on where the lead exports it
-        from qwen3tts_jax.api import VoicePrompt
-
+    request_cls = _first_attr("GenerationRequest", "qwen3tts_jax", "qwen3tts_jax.engine", "qwen3tts_jax.api")
+    prompt_cls = _first_attr("VoicePrompt", "qwen3tts_jax", "qwen3tts_jax.voice", "qwen3tts_jax.api")
     tts = Qwen3TTS.from_pretrained(model, dtype=dtype)
     engine = tts.batch_engine(num_slots=num_slots)
     return Backend(
         tts=tts,
         engine=engine,
-        request_cls=GenerationRequest,
-        prompt_cls=VoicePrompt,
+        request_cls=request_cls,
+        prompt_cls=prompt_cls,
         model_key=f"{model_fingerprint(model)}-{dtype}",
         languages=list(tts.languages),
         is_demo=is_demo,
     )
+
+
+def _first_attr(name: str, *modules: str):
+    """`name` from the first of `modules` that exports it (the engine's layout is still moving)."""
+    import importlib
+
+    for mod in modules:
+        try:
+            obj = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            continue
+        if obj is not None:
+            return obj
+    raise ImportError(f"{name} not found in {modules}")
