@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -180,8 +181,11 @@ class VoiceStore:
             log.warning(json.dumps({"event": "prompt_cache_unreadable", "voice": voice.id,
                                     "error": repr(exc)}))
         self.prompt_computations += 1
-        log.info(json.dumps({"event": "voice_prompt_compute", "voice": voice.id}))
-        return compute_and_save(backend, voice.reference, voice.transcript, npz, meta, fp)
+        t0 = time.perf_counter()
+        prompt = compute_and_save(backend, voice.reference, voice.transcript, npz, meta, fp)
+        log.info(json.dumps({"event": "voice_prompt_computed", "voice": voice.id,
+                             "ms": round(1000 * (time.perf_counter() - t0), 1)}))
+        return prompt
 
     # -- registration ---------------------------------------------------------------------
     async def register(self, msg: RegisterVoice, worker, languages: list[str]) -> Voice:
