@@ -29,6 +29,7 @@ are real this call (the rest is right padding that never enters the state), and
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import NamedTuple
 
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qwen3tts_jax.codec_decoder import CodecDecoder, Context, check_codes
+from qwen3tts_jax.codec_decoder import CodecDecoder, Context, bucket, check_codes
 
 LOOKAHEAD_FRAMES = 0  # frames the decoder must see beyond frame t before t's samples are final
 
@@ -65,6 +66,11 @@ def _reset(state: DecoderState, rows: jax.Array) -> DecoderState:
     def clear(x):
         return jnp.where(rows.reshape((-1,) + (1,) * (x.ndim - 1)), jnp.zeros_like(x), x)
     return jax.tree.map(clear, state)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_row(state: DecoderState, row: jax.Array, row_state: DecoderState) -> DecoderState:
+    return jax.tree.map(lambda s, r: s.at[row].set(r[0]), state, row_state)
 
 
 def init_state(module: CodecDecoder, batch_size: int) -> DecoderState:
@@ -101,6 +107,36 @@ class StreamingDecoder:
 
     def init_state(self) -> DecoderState:
         return jax.tree.map(jnp.zeros_like, self.state)
+
+    def with_batch_size(self, batch_size: int) -> StreamingDecoder:
+        """Another decoder over the same weights with `batch_size` rows (fresh state)."""
+        other = copy.copy(self)
+        other.batch_size = batch_size
+        other.state = jax.tree.map(lambda x: jnp.zeros((batch_size,) + x.shape[1:], x.dtype), self.state)
+        return other
+
+    def prime(self, codes) -> DecoderState:
+        """One row's state (batch 1) after decoding `codes [T, 16]`, the PCM discarded.
+
+        For voice cloning with reference codes (ICL) the reference decodes
+        `cat(ref_codes, generated)`: prime with `ref_codes`, `set_row` it into a slot, then
+        stream the generated frames. Padded to a length bucket, so few compiles.
+        """
+        a = check_codes(np.asarray(codes)[None], self.cfg, allow_padding=False)
+        single = self.with_batch_size(1)
+        t = a.shape[1]
+        if t == 0:
+            return single.state
+        padded = np.zeros((1, bucket(t), a.shape[2]), np.int32)
+        padded[0, :t] = a[0]
+        _, state = single.step(single.state, padded, np.asarray([t], np.int32))
+        return state
+
+    def set_row(self, state: DecoderState, row: int, row_state: DecoderState) -> DecoderState:
+        """`state` with row `row` replaced by the batch-1 `row_state` (donates `state`)."""
+        if not 0 <= row < self.batch_size:
+            raise ValueError(f"row {row} out of range for {self.batch_size} rows")
+        return _set_row(state, jnp.asarray(row, jnp.int32), row_state)
 
     def _n_valid(self, n_valid, n: int) -> jax.Array:
         if n_valid is None:

@@ -120,3 +120,19 @@ def test_streaming_bad_input():
         dec.feed(good, n_valid=np.array([3, 0]))
     with pytest.raises(ValueError, match="n_valid"):
         dec.feed(good, n_valid=np.array([1]))
+
+
+def test_primed_row_continues_the_reference_codes():
+    """ICL: a row primed with reference codes streams the continuation of cat(ref, generated)."""
+    _, model, hf = pair("tiny", 2)
+    ref_codes = random_codes(20, 1, 30, hf["codebook_size"])[0]
+    generated = random_codes(21, 1, 14, hf["codebook_size"])
+    dec = sd.StreamingDecoder(model, batch_size=2)
+    dec.state = dec.set_row(dec.state, 1, dec.prime(ref_codes))
+    codes = np.concatenate([random_codes(22, 1, 14, hf["codebook_size"]), generated])
+    got = stream(dec, codes, 2)
+    full = np.asarray(cd.decode(model, np.concatenate([ref_codes[None], generated], axis=1)))[0]
+    assert rel_err(got[1], full[30 * dec.samples_per_frame:]) < TOL
+    assert rel_err(got[0], np.asarray(cd.decode(model, codes[:1]))[0]) < TOL
+    with pytest.raises(ValueError, match="row"):
+        dec.set_row(dec.state, 2, dec.prime(ref_codes))
