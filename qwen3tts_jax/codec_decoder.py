@@ -14,14 +14,14 @@ Jit and shapes: `decode` pads T up to a bucket (8, 12, 16, 24, 32, 48, ...; at m
 extra) so varying lengths reuse a few executables; causality makes the padding harmless.
 `decode_chunked` (the reference's `chunked_decode`, which its `decode` uses) runs each
 300-frame chunk (plus 25 frames of left context) as a fixed `[B, 325]` pass, so any T > 300
-reuses one executable. Attention in a pass is dense over the pass (masked to the window):
-fine for chunks and streaming; a very long single `decode` pass costs O(T^2) memory.
+reuses one executable. Memory of one pass grows with T (24 kHz conv activations, and the
+attention is dense over the pass, masked to the window): for long audio use
+`decode_chunked` (bounded: 325 frames a pass) or `streaming_decoder` (O(new frames)).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -460,7 +460,3 @@ def decode_to_list(module: CodecDecoder, codes) -> list[np.ndarray]:
     a, lengths = _prepare(module, codes)
     wav = np.asarray(decode_chunked(module, a))
     return [wav[i, :n] for i, n in enumerate(lengths)]
-
-
-def frames_for_samples(samples: int, cfg: CodecDecoderConfig) -> int:
-    return math.ceil(samples / cfg.samples_per_frame)
