@@ -100,7 +100,8 @@ class DecoderStack(nnx.Module):
         Without a cache: causal attention over the T inputs (`key_mask [B, T]` hides padding).
         With a cache: row b's inputs go to slots `write_index[b] .. write_index[b]+T-1` and
         attend to every slot up to their own; rows are right-padded, so RoPE positions are
-        the slots themselves for real tokens. Returns `(normed hidden [B, T, D], cache)`.
+        the slots themselves for real tokens. Returns `(normed hidden [B, T, D], kv)` where kv is
+        the updated cache, or without a cache the T new keys/values (what a prefill writes).
         """
         b, t, _ = x.shape
         cos, sin = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
@@ -119,5 +120,4 @@ class DecoderStack(nnx.Module):
             x, (k, v) = layer(x, cos, sin, mask, past, write_index)
             keys.append(k)
             values.append(v)
-        new_cache = None if cache is None else KVCache(tuple(keys), tuple(values))
-        return self.norm(x), new_cache
+        return self.norm(x), KVCache(tuple(keys), tuple(values))

@@ -1,0 +1,239 @@
+"""The public API: `Qwen3TTS` (load, voice prompts, codes, PCM, streaming, batch engine)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from qwen3tts_jax import codec_decoder, codec_encoder, speaker_encoder
+from qwen3tts_jax.audio import load_audio_24k
+from qwen3tts_jax.checkpoint import LoadedModel, is_converted, load
+from qwen3tts_jax.decode import DecodeSpec, make_weights
+from qwen3tts_jax.engine import BatchEngine, GenerationRequest
+from qwen3tts_jax.prompt import PromptLayout, build_layout
+from qwen3tts_jax.text_tokenizer import TextTokenizer
+from qwen3tts_jax.voice import VoicePrompt
+
+# Sampling keyword arguments of generate_codes / synthesize / stream, and their fallbacks
+# (the reference's hard defaults; a checkpoint's generation_config.json overrides them).
+SAMPLING_DEFAULTS = dict(temperature=0.9, top_k=50, top_p=1.0, repetition_penalty=1.05,
+                         subtalker_temperature=0.9, subtalker_top_k=50, subtalker_top_p=1.0)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("QWEN3TTS_JAX_CACHE", Path.home() / ".cache" / "qwen3tts_jax"))
+
+
+class Qwen3TTS:
+    """A loaded Qwen3-TTS 12 Hz Base model.
+
+    >>> tts = Qwen3TTS.from_pretrained("Qwen/Qwen3-TTS-12Hz-0.6B-Base")       # doctest: +SKIP
+    >>> voice = tts.create_voice_prompt("ref.wav", ref_text="Okay. Yeah.")    # doctest: +SKIP
+    >>> wav, sr = tts.synthesize("Hello world.", voice=voice, language="English")  # doctest: +SKIP
+    """
+
+    sample_rate = 24000
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self.config = model.config
+        self.dtype = model.dtype
+        if self.config.speaker_encoder is None:
+            raise ValueError(f"{model.path}: only Base (voice-clone) checkpoints are supported; this one is "
+                             f"{self.config.tts_model_type!r}")
+        self.tokenizer = TextTokenizer.from_dir(model.path)
+        self.samples_per_frame = self.config.speech_tokenizer.decoder.samples_per_frame
+        self.generation_defaults = dict(SAMPLING_DEFAULTS)
+        gen_path = model.path / "generation_config.json"
+        gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
+        self.generation_defaults.update({k: gen[k] for k in SAMPLING_DEFAULTS if k in gen})
+        # The reference stops at max_new_tokens (8192 released) sampled tokens = 8191 frames.
+        self.default_max_new_frames = int(gen.get("max_new_tokens", 2048)) - 1
+        self._decode_parts = None
+
+    # -- loading ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype: str = "bfloat16",
+                        cache_dir: str | os.PathLike | None = None) -> Qwen3TTS:
+        """Load a converted folder, or convert an official folder / hub id first (cached).
+
+        Raw checkpoints are converted once into `cache_dir` (default `~/.cache/qwen3tts_jax`,
+        or $QWEN3TTS_JAX_CACHE), keyed by the source path and dtype.
+        """
+        path = Path(path_or_hub_id).expanduser()
+        if path.is_dir() and is_converted(path):
+            return cls(load(path))
+        from convert import convert_checkpoint
+        from convert.engine import resolve_source
+
+        source = resolve_source(path_or_hub_id)
+        key = hashlib.sha256(f"{source.resolve()}|{dtype}".encode()).hexdigest()[:16]
+        target = Path(cache_dir) if cache_dir else default_cache_dir()
+        target = target / f"{source.name}-{dtype}-{key}"
+        if not is_converted(target):
+            convert_checkpoint(source, target, dtype=dtype, overwrite=target.exists())
+        return cls(load(target))
+
+    @property
+    def languages(self) -> list[str]:
+        """Language names the model knows (case-insensitive), plus "auto"."""
+        return ["auto"] + [name for name in self.config.talker.languages if "dialect" not in name]
+
+    # -- voices -----------------------------------------------------------------------------
+
+    def create_voice_prompt(self, ref_audio, ref_text: str | None = None) -> VoicePrompt:
+        """Speaker embedding (+ reference codes when `ref_text` is given: ICL mode).
+
+        `ref_audio`: a path, encoded bytes (wav/flac), or `(np.ndarray, sample_rate)`.
+        `ref_text=None` (or empty) gives an x-vector-only prompt.
+        """
+        wav = load_audio_24k(ref_audio)
+        embedding = speaker_encoder.embed(self.model.speaker_encoder, wav)
+        if not ref_text:
+            return VoicePrompt(embedding)
+        codes = codec_encoder.encode(self.model.codec_encoder, wav)
+        return VoicePrompt(embedding, codes, ref_text)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def _requests(self, text, voice, language, seed, greedy, max_new_frames, non_streaming_text,
+                  sampling) -> tuple[list[GenerationRequest], bool]:
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        n = len(texts)
+        voices = voice if isinstance(voice, list | tuple) else [voice] * n
+        languages = language if isinstance(language, list | tuple) else [language] * n
+        seeds = seed if isinstance(seed, list | tuple) else [seed + i for i in range(n)]
+        if not (len(voices) == len(languages) == len(seeds) == n):
+            raise ValueError("text, voice, language and seed lists must have the same length")
+        if voices and voices[0] is None:
+            raise ValueError("a voice prompt is required (Base models clone a voice): "
+                             "voice=tts.create_voice_prompt(ref_audio, ref_text)")
+        params = {**self.generation_defaults, **{k: v for k, v in sampling.items() if v is not None}}
+        unknown = set(params) - set(SAMPLING_DEFAULTS)
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
+        return [GenerationRequest(t, v, lang, s, greedy, max_new_frames, non_streaming_text=non_streaming_text,
+                                  **params) for t, v, lang, s in zip(texts, voices, languages, seeds, strict=True)
+                ], single
+
+    def generate_codes(self, text, voice: VoicePrompt | list, language="auto", *, greedy: bool = False,
+                       seed: int | list = 0, max_new_frames: int | None = None, non_streaming_text: bool = False,
+                       **sampling) -> np.ndarray | list[np.ndarray]:
+        """Codec frames `int32 [T, 16]` for `text` (or a list, generated as one batch)."""
+        requests, single = self._requests(text, voice, language, seed, greedy, max_new_frames,
+                                          non_streaming_text, sampling)
+        codes = self._run(requests)
+        return codes[0] if single else codes
+
+    def _run(self, requests: list[GenerationRequest]) -> list[np.ndarray]:
+        engine = self.batch_engine(len(requests), stream_audio=False,
+                                   max_new_frames=max(r.max_new_frames or 0 for r in requests))
+        for slot, r in enumerate(requests):
+            engine.admit(slot, r)
+        frames: list[list[np.ndarray]] = [[] for _ in requests]
+        while engine.active_slots():
+            for slot, out in engine.step().items():
+                frames[slot].append(out.codes)
+        groups = self.config.talker.num_code_groups
+        return [np.concatenate(f) if f else np.zeros((0, groups), np.int32) for f in frames]
+
+    def synthesize(self, text, voice: VoicePrompt | list, language="auto", **kwargs):
+        """`(wav float32 [N], 24000)` for `text`, or a list of them for a list of texts.
+
+        The waveform is decoded in one causal pass over `ref_codes + generated` (ICL) with the
+        reference frames cut at exactly `T_ref * 1920` samples: identical to `stream`. For the
+        reference's own offline decode (300-frame chunks) use `decode_codes`.
+        """
+        single = isinstance(text, str)
+        codes = self.generate_codes([text] if single else text, voice, language, **kwargs)
+        voices = voice if isinstance(voice, list | tuple) else [voice] * len(codes)
+        wavs = [self._decode_with_prefix(c, v) for c, v in zip(codes, voices, strict=True)]
+        return (wavs[0], self.sample_rate) if single else [(w, self.sample_rate) for w in wavs]
+
+    def stream(self, text: str, voice: VoicePrompt, language="auto", *, greedy: bool = False, seed: int = 0,
+               max_new_frames: int | None = None, non_streaming_text: bool = False,
+               **sampling) -> Iterator[np.ndarray]:
+        """float32 PCM chunks, each yielded as soon as its frame exists (80 ms per frame)."""
+        (request,), _ = self._requests(text, voice, language, seed, greedy, max_new_frames,
+                                       non_streaming_text, sampling)
+        engine = self.batch_engine(1, max_new_frames=request.max_new_frames or 0)
+        engine.admit(0, request)
+        while engine.active_slots():
+            out = engine.step().get(0)
+            if out is not None and out.pcm.size:
+                yield out.pcm
+
+    def batch_engine(self, num_slots: int = 1, *, max_seq_len: int | None = None, max_text_tokens: int = 512,
+                     stream_audio: bool = True, max_new_frames: int = 0) -> BatchEngine:
+        """A continuous-batching engine over `num_slots` rows (see `qwen3tts_jax.engine`)."""
+        if max_seq_len is None:
+            max_seq_len = max(2048, _round_up(max_new_frames + 1024, 1024))
+        return BatchEngine(self, num_slots, max_seq_len=max_seq_len, max_text_tokens=max_text_tokens,
+                           stream_audio=stream_audio)
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    def decode_codes(self, codes: np.ndarray, ref_codes: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """PCM exactly as the reference's speech tokenizer decodes (300-frame chunks, 25 of context),
+        and, with `ref_codes`, the reference's voice-clone cut `int(ref_len / total_len * len(wav))`."""
+        codes = np.asarray(codes, np.int32)
+        full = codes if ref_codes is None else np.concatenate([np.asarray(ref_codes, np.int32), codes])
+        wav = codec_decoder.decode_to_list(self.model.codec_decoder, full[None])[0]
+        if ref_codes is not None:
+            cut = int(len(ref_codes) / max(len(full), 1) * wav.shape[0])
+            wav = wav[cut:]
+        return np.asarray(wav, np.float32), self.sample_rate
+
+    def _decode_with_prefix(self, codes: np.ndarray, voice: VoicePrompt) -> np.ndarray:
+        prefix = 0 if voice.ref_codes is None else len(voice.ref_codes)
+        if len(codes) == 0:
+            return np.zeros(0, np.float32)
+        full = codes if prefix == 0 else np.concatenate([voice.ref_codes, codes])
+        wav = np.asarray(codec_decoder.decode(self.model.codec_decoder, full[None]))[0]
+        return np.ascontiguousarray(wav[prefix * self.samples_per_frame:], np.float32)
+
+    # -- pieces shared with the engine ---------------------------------------------------------
+
+    def prompt_layout(self, text: str, voice: VoicePrompt, language: str, non_streaming_text: bool) -> PromptLayout:
+        if language.lower() != "auto":
+            self.config.talker.language_id(language)  # a clear error for unknown languages
+        if voice.speaker_embedding.shape != (self.config.talker.hidden_size,):
+            raise ValueError(f"voice speaker_embedding has shape {voice.speaker_embedding.shape}, this model "
+                             f"needs ({self.config.talker.hidden_size},): was it made with another model?")
+        if voice.ref_codes is not None and voice.ref_codes.shape[1] != self.config.talker.num_code_groups:
+            raise ValueError(f"voice ref_codes have {voice.ref_codes.shape[1]} codebooks, "
+                             f"expected {self.config.talker.num_code_groups}")
+        text_ids = self.tokenizer.text_ids(text)
+        ref_ids = None if voice.ref_codes is None else self.tokenizer.ref_text_ids(voice.ref_text)
+        return build_layout(self.config, text_ids, language=language, ref_text_ids=ref_ids,
+                            num_ref_frames=None if voice.ref_codes is None else len(voice.ref_codes),
+                            non_streaming_text=non_streaming_text)
+
+    def decode_parts(self):
+        """(DecodeSpec, Weights) for the jitted decode step, built once."""
+        if self._decode_parts is None:
+            t = self.config.talker
+            t_def, p_def, weights = make_weights(self.model.talker, self.model.code_predictor,
+                                                 self.config.tts_pad_token_id)
+            spec = DecodeSpec(t_def, p_def, eos_id=t.codec_eos_token_id, suppress_start=t.vocab_size - 1024,
+                              min_new_tokens=2, groups=t.num_code_groups)
+            self._decode_parts = (spec, weights)
+        return self._decode_parts
+
+    def embed_parts(self):
+        spec, weights = self.decode_parts()
+        return spec.talker_def, weights.talker, spec.predictor_def, weights.predictor
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+__all__ = ["GenerationRequest", "Qwen3TTS", "VoicePrompt"]

@@ -1,0 +1,215 @@
+"""The jitted decode core: bucketed prefill of one row, and one device call per frame for all rows.
+
+A frame step, for every row of the batch at once:
+  1. the code predictor expands the row's last c0 into codebooks 1..15 (its 15 sequential
+     samples in a `fori_loop`, over its own 16-slot cache that starts empty every frame);
+  2. the talker takes one position: the frame's summed 16-codebook embedding plus the row's
+     next trailing-text vector (tts_pad once the text is used up), written in place into the
+     preallocated `[B, S_max, kv_heads, head_dim]` cache at the row's own slot;
+  3. the next c0 is sampled on device with the row's own parameters and PRNG stream.
+Rows are independent (own lengths, prompts, parameters, EOS); finished or empty rows still
+flow through the fixed shapes but never change. Shapes never depend on the data, so the
+frame step compiles once and prefill once per length bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qwen3tts_jax.kv_cache import KVCache
+from qwen3tts_jax.prompt import frame_embedding
+from qwen3tts_jax.sampling import SamplingParams, draw, talker_logits_processors
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+    """Static facts of the decode step (hashable: a jit static argument)."""
+
+    talker_def: nnx.GraphDef
+    predictor_def: nnx.GraphDef
+    eos_id: int
+    suppress_start: int   # ids >= this, except EOS, are never sampled
+    min_new_tokens: int   # EOS is blocked until this many c0 tokens exist
+    groups: int           # codebooks per frame (16)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Weights:
+    talker: nnx.State
+    predictor: nnx.State
+    heads: jax.Array         # [G-1, Hc, Vp] the predictor's lm_heads, stacked for dynamic indexing
+    embeddings: jax.Array    # [G-1, Vp, H] its codec embeddings, stacked
+    tts_pad: jax.Array       # [H] P(tts_pad)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class RowState:
+    """Everything a row carries between frames (all `[B, ...]`)."""
+
+    cache: KVCache
+    length: jax.Array        # int32, next cache slot (= RoPE position) of the row
+    past_hidden: jax.Array   # [B, H] the talker's last normed hidden state
+    last_c0: jax.Array       # int32, the latest sampled c0, not yet expanded into a frame
+    step: jax.Array          # int32, index of the frame `last_c0` starts
+    history: jax.Array       # [B, V] bool, c0 ids sampled so far (repetition penalty)
+    trailing: jax.Array      # [B, N, H] text vectors fed one per step
+    trailing_len: jax.Array  # int32
+    talker_params: SamplingParams
+    predictor_params: SamplingParams
+    penalty: jax.Array       # float32 repetition penalty
+    key: jax.Array           # [B] typed PRNG keys, one stream per request
+    max_frames: jax.Array    # int32
+    active: jax.Array        # bool
+
+
+def make_weights(talker, predictor, tts_pad_id: int) -> tuple[nnx.GraphDef, nnx.GraphDef, Weights]:
+    t_def, t_state = nnx.split(talker)
+    p_def, p_state = nnx.split(predictor)
+    heads = jnp.stack([h.kernel[...] for h in predictor.lm_head])
+    embeddings = jnp.stack([e.embedding[...] for e in predictor.codec_embedding])
+    tts_pad = talker.embed_text(jnp.asarray([tts_pad_id]))[0]
+    return t_def, p_def, Weights(t_state, p_state, heads, embeddings, tts_pad)
+
+
+def empty_state(batch: int, max_len: int, trailing_len: int, talker_cfg, dtype) -> RowState:
+    c = talker_cfg
+    def zeros_i():  # a fresh buffer per field: donation rejects aliased arguments
+        return jnp.zeros((batch,), jnp.int32)
+    return RowState(
+        cache=KVCache.zeros(c.num_hidden_layers, batch, max_len, c.num_key_value_heads, c.head_dim, dtype),
+        length=zeros_i(), past_hidden=jnp.zeros((batch, c.hidden_size), dtype), last_c0=zeros_i(), step=zeros_i(),
+        history=jnp.zeros((batch, c.vocab_size), jnp.bool_),
+        trailing=jnp.zeros((batch, trailing_len, c.hidden_size), dtype), trailing_len=zeros_i(),
+        talker_params=SamplingParams.make(batch), predictor_params=SamplingParams.make(batch),
+        penalty=jnp.ones((batch,), jnp.float32), key=jax.random.split(jax.random.key(0), batch),
+        max_frames=zeros_i(), active=jnp.zeros((batch,), jnp.bool_))
+
+
+def _sample_c0(spec: DecodeSpec, logits, history, penalty, produced, params, keys):
+    """Next c0 from talker logits; `produced` = c0 tokens generated before this one."""
+    logits = talker_logits_processors(logits, history, penalty, produced < spec.min_new_tokens,
+                                      spec.eos_id, spec.suppress_start)
+    return draw(logits, params, keys)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",), donate_argnames=("state",))
+def prefill(spec: DecodeSpec, weights: Weights, state: RowState, row, embeds, length, trailing,
+            trailing_len, talker_params: SamplingParams, predictor_params: SamplingParams, penalty,
+            seed, max_frames) -> RowState:
+    """Run row `row`'s prompt `embeds [P, H]` (real rows `< length`), write its cache, sample c0.
+
+    Prompts are right-padded to the bucket P: causal attention keeps padding out of real rows,
+    and the padded slots are overwritten by the next decode steps before they become visible.
+    """
+    talker = nnx.merge(spec.talker_def, weights.talker)
+    p = embeds.shape[0]
+    hidden, kv = talker(embeds[None].astype(state.past_hidden.dtype), jnp.arange(p, dtype=jnp.int32)[None])
+    cache = KVCache(
+        tuple(jax.lax.dynamic_update_slice(c, k.astype(c.dtype), (row, 0, 0, 0))
+              for c, k in zip(state.cache.keys, kv.keys, strict=True)),
+        tuple(jax.lax.dynamic_update_slice(c, v.astype(c.dtype), (row, 0, 0, 0))
+              for c, v in zip(state.cache.values, kv.values, strict=True)))
+    last = jax.lax.dynamic_index_in_dim(hidden[0], length - 1, keepdims=False)   # [H]
+    key = jax.random.key(seed)
+    logits = talker.logits(last)[None]
+    c0 = _sample_c0(spec, logits, jnp.zeros_like(state.history[:1]), penalty[None], jnp.zeros((1,), jnp.int32),
+                    jax.tree.map(lambda x: x[None], talker_params),
+                    jax.random.fold_in(jax.random.fold_in(key, 0), 0)[None])[0]
+
+    def put(field, value):
+        return field.at[row].set(value)
+    v = state.history.shape[-1]
+    return RowState(
+        cache=cache, length=put(state.length, length), past_hidden=put(state.past_hidden, last),
+        last_c0=put(state.last_c0, c0), step=put(state.step, 0),
+        history=put(state.history, jnp.arange(v) == c0),
+        trailing=put(state.trailing, trailing.astype(state.trailing.dtype)),
+        trailing_len=put(state.trailing_len, trailing_len),
+        talker_params=jax.tree.map(put, state.talker_params, talker_params),
+        predictor_params=jax.tree.map(put, state.predictor_params, predictor_params),
+        penalty=put(state.penalty, penalty), key=put(state.key, key),
+        max_frames=put(state.max_frames, max_frames), active=put(state.active, True))
+
+
+def _expand_frame(spec: DecodeSpec, weights: Weights, state: RowState, keys):
+    """Codebooks 1..G-1 of every row's pending frame; returns (codes [B, G], F(frame) [B, H])."""
+    talker = nnx.merge(spec.talker_def, weights.talker)
+    predictor = nnx.merge(spec.predictor_def, weights.predictor)
+    b, g = state.last_c0.shape[0], spec.groups
+    pcfg_layers = len(predictor.layers)
+    kv_heads = predictor.layers[0].self_attn.num_kv_heads
+    head_dim = predictor.layers[0].self_attn.head_dim
+    cache = KVCache.zeros(pcfg_layers, b, g, kv_heads, head_dim, state.past_hidden.dtype)
+    c0_vec = talker.embed_codec(state.last_c0)
+    x = jnp.stack([state.past_hidden, c0_vec], axis=1)          # [B, 2, H]
+    zeros = jnp.zeros((b,), jnp.int32)
+    h, cache = predictor(x, jnp.broadcast_to(jnp.arange(2, dtype=jnp.int32), (b, 2)), cache, zeros)
+
+    def sample(j, h_last):  # codebook j+1 from lm_head[j]
+        logits = (h_last @ weights.heads[j].astype(h_last.dtype)).astype(jnp.float32)
+        return draw(logits, state.predictor_params, jax.vmap(lambda k: jax.random.fold_in(k, j + 1))(keys))
+
+    codes = jnp.zeros((b, g), jnp.int32).at[:, 0].set(state.last_c0)
+    c = sample(0, h[:, -1])
+    codes = codes.at[:, 1].set(c)
+
+    def body(j, carry):  # input E_j(c_j) at position j+1 predicts codebook j+1
+        cache, codes, c = carry
+        x = jnp.take(weights.embeddings[j - 1], c, axis=0)[:, None]
+        pos = jnp.full((b,), j + 1, jnp.int32)
+        h, cache = predictor(x, pos[:, None], cache, pos)
+        c = sample(j, h[:, 0])
+        return cache, codes.at[:, j + 1].set(c), c
+
+    _, codes, _ = jax.lax.fori_loop(1, g - 1, body, (cache, codes, c))
+    return codes, frame_embedding(talker, predictor, codes)
+
+
+def _frame(spec: DecodeSpec, weights: Weights, state: RowState):
+    talker = nnx.merge(spec.talker_def, weights.talker)
+    keys = jax.vmap(jax.random.fold_in)(state.key, state.step + 1)
+    codes, frame_vec = _expand_frame(spec, weights, state, keys)
+    idx = jnp.minimum(state.step, state.trailing.shape[1] - 1)
+    text = jnp.take_along_axis(state.trailing, idx[:, None, None], axis=1)[:, 0]
+    text = jnp.where((state.step < state.trailing_len)[:, None], text, weights.tts_pad.astype(text.dtype))
+    x = (frame_vec + text)[:, None].astype(state.past_hidden.dtype)
+    slot = jnp.where(state.active, state.length, 0)
+    hidden, cache = talker(x, slot[:, None], state.cache, slot)
+    hidden = hidden[:, 0]
+    c0 = _sample_c0(spec, talker.logits(hidden), state.history, state.penalty, state.step + 1,
+                    state.talker_params, jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys))
+    emitted = state.active
+    finished = emitted & ((c0 == spec.eos_id) | (state.step + 1 >= state.max_frames))
+    act = state.active[:, None]
+    new = dataclasses.replace(
+        state, cache=cache,
+        length=jnp.where(state.active, state.length + 1, state.length),
+        past_hidden=jnp.where(act, hidden, state.past_hidden),
+        last_c0=jnp.where(state.active, c0, state.last_c0),
+        step=jnp.where(state.active, state.step + 1, state.step),
+        history=state.history | (act & (jnp.arange(state.history.shape[-1]) == c0[:, None])),
+        active=state.active & ~finished)
+    return new, (codes, emitted, finished)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "frames"), donate_argnames=("state",))
+def decode_frames(spec: DecodeSpec, weights: Weights, state: RowState, frames: int = 1):
+    """`frames` frame steps in one device call. Returns the state and, per step,
+    `codes [frames, B, G]`, `emitted [frames, B]` (the row produced that frame) and
+    `finished [frames, B]` (that frame was the row's last)."""
+    def body(s, _):
+        return _frame(spec, weights, s)
+    return jax.lax.scan(body, state, None, length=frames)
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def release(state: RowState, row) -> RowState:
+    """Deactivate `row` now (cancel); its slot can be prefilled again."""
+    return dataclasses.replace(state, active=state.active.at[row].set(False))
