@@ -339,14 +339,29 @@ def encode(module: CodecEncoder, pcm_24k: np.ndarray) -> np.ndarray:
     `pcm_24k`: float `[L]`, L >= 1, finite. Equals the reference speech tokenizer's
     `encode` of the same samples (no normalisation; resample beforehand with `audio.to_24k`).
     """
+    return encode_batch(module, [pcm_24k])[0]
+
+
+def encode_batch(module: CodecEncoder, pcms: list[np.ndarray]) -> list[np.ndarray]:
+    """`encode` of several clips in one device call; each result equals the single-clip one.
+
+    (The reference wrapper, batching, would zero-pad every clip to the longest and let the
+    padding leak into each clip's last frame; here rows never see each other's padding.)
+    """
     from qwen3tts_jax.audio import check_pcm
 
-    pcm = check_pcm(pcm_24k)
-    length = pcm.shape[0]
+    if not pcms:
+        return []
+    pcms = [check_pcm(p, f"audio {i}") for i, p in enumerate(pcms)]
     spf = module.samples_per_frame
-    frames = -(-length // spf)
-    buf = np.zeros((1, bucket_frames(frames) * spf), np.float32)
-    buf[0, :length] = pcm
+    frames = [-(-p.shape[0] // spf) for p in pcms]
+    rows = 1 << (len(pcms) - 1).bit_length()  # batch bucket: a power of two
+    buf = np.zeros((rows, bucket_frames(max(frames)) * spf), np.float32)
+    lengths = np.ones((rows,), np.int32)  # filler rows: one zero sample
+    for i, p in enumerate(pcms):
+        buf[i, : p.shape[0]] = p
+        lengths[i] = p.shape[0]
     graphdef, state = nnx.split(module)
-    codes, _ = _encode_jit(graphdef, state, jnp.asarray(buf), jnp.asarray([length], jnp.int32))
-    return np.asarray(codes[0, :frames], dtype=np.int32)
+    codes, _ = _encode_jit(graphdef, state, jnp.asarray(buf), jnp.asarray(lengths))
+    codes = np.asarray(codes, dtype=np.int32)
+    return [codes[i, :n] for i, n in enumerate(frames)]

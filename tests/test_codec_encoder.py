@@ -275,3 +275,18 @@ def test_end_to_end_through_converter(tiny_checkpoint, reference_of):
         got = encode(model.codec_encoder, ours_in)
         assert got.shape == expected.shape, name
         assert assert_same_codes(tokenizer.model.encoder, ours_in, got, expected) <= 1, name
+
+
+def test_encode_batch_equals_single_clips(pair):
+    from qwen3tts_jax.codec_encoder import encode_batch
+
+    seed, _, ours = pair
+    rng = np.random.default_rng(seed + 10)
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (1, 3000, 5 * SPF + 1)]
+    got = encode_batch(ours, clips)
+    assert [g.shape for g in got] == [(1, VALID), (2, VALID), (6, VALID)]
+    for clip, codes in zip(clips, got, strict=True):
+        np.testing.assert_array_equal(codes, encode(ours, clip))
+    assert encode_batch(ours, []) == []
+    with pytest.raises(ValueError, match="audio 1"):
+        encode_batch(ours, [clips[0], np.zeros(0, np.float32)])
