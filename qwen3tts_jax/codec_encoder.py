@@ -30,7 +30,7 @@ from qwen3tts_jax.config import CodecEncoderConfig
 from qwen3tts_jax.conv import Conv1d, pad_time
 from qwen3tts_jax.layers import apply_rope, attend, causal_mask, linear, rope_tables
 
-# torch.cdist's epsilon-free codebook clamp (MimiEuclideanCodebook.epsilon).
+# MimiEuclideanCodebook.epsilon: cluster_usage is clamped at this before dividing.
 _USAGE_EPS = 1e-5
 
 

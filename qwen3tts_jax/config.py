@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,9 @@ class CodecEncoderConfig:
             if hf.get(key, want) != want:
                 raise ValueError(f"codec encoder: unsupported {key}={hf[key]!r} (only {want!r})")
         kwargs = _pick(cls, hf, frame_rate="_frame_rate")
+        if "frame_rate" not in kwargs:  # MimiConfig.frame_rate: sampling_rate / (hop * 2)
+            hop = math.prod(hf.get("upsampling_ratios", cls.upsampling_ratios))
+            kwargs["frame_rate"] = hf.get("sampling_rate", cls.sampling_rate) / (hop * 2)
         kwargs.setdefault("head_dim", hf.get("hidden_size", cls.hidden_size) // hf.get(
             "num_attention_heads", cls.num_attention_heads))
         kwargs["valid_num_quantizers"] = valid_num_quantizers
