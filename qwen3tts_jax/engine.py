@@ -78,11 +78,6 @@ def _check_request(r: GenerationRequest) -> None:
         raise ValueError("max_new_frames must be >= 1")
 
 
-@jax.jit
-def _set_row(full, row, one):
-    return jax.tree.map(lambda f, o: f.at[row].set(o[0]), full, one)
-
-
 class BatchEngine:
     def __init__(self, tts: Qwen3TTS, num_slots: int = 1, *, max_seq_len: int = 2048,
                  max_text_tokens: int = 512, stream_audio: bool = True):
@@ -140,7 +135,7 @@ class BatchEngine:
             jax.tree.map(lambda x: x[0], sub_p), np.float32(r.repetition_penalty), np.uint32(r.seed % 2**32),
             np.int32(max_frames))
         if self.decoder is not None:
-            self.decoder.state = _set_row(self.decoder.state, np.int32(slot), self._voice_state(r.voice))
+            self.decoder.state = self.decoder.set_row(self.decoder.state, slot, self._voice_state(r.voice))
         self._slots[slot] = _Slot(r)
 
     def release(self, slot: int) -> None:
@@ -181,13 +176,7 @@ class BatchEngine:
         """
         state = self._voice_states.get(voice)
         if state is None:
-            one = jax.tree.map(lambda x: jnp.zeros((1,) + x.shape[1:], x.dtype), self.decoder.state)
-            if voice.ref_codes is not None:
-                t = len(voice.ref_codes)
-                codes = np.zeros((1, bucket(t, 8), voice.ref_codes.shape[1]), np.int32)
-                codes[0, :t] = voice.ref_codes
-                single = StreamingDecoder.__new__(StreamingDecoder)
-                single.__dict__.update(self.decoder.__dict__, batch_size=1)
-                _, one = single.step(one, codes, np.asarray([t], np.int32))
-            state = self._voice_states[voice] = one
+            codes = np.zeros((0, self.tts.config.talker.num_code_groups), np.int32)
+            state = self.decoder.prime(codes if voice.ref_codes is None else voice.ref_codes)
+            self._voice_states[voice] = state
         return state

@@ -6,7 +6,7 @@ whose default init is degenerate, and writes what an official folder holds:
 `config.json`, `generation_config.json`, `preprocessor_config.json`, tokenizer files,
 `model.safetensors`, `speech_tokenizer/{config.json, preprocessor_config.json, model.safetensors}`.
 
-Configs start from the released 0.6B-Base files (tests/data/hf-configs) and shrink sizes
+Configs start from the released 0.6B-Base files (convert/assets/hf-configs) and shrink sizes
 only: every real token id, codec id, language id, sample rate and frame rate is kept, so the
 reference's `generate` and the wrapper run on these folders unchanged.
 """
@@ -19,8 +19,8 @@ import math
 import shutil
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-HF_CONFIGS = DATA / "hf-configs"
+from convert.assets import HF_CONFIGS
+
 BASE_06B = HF_CONFIGS / "Qwen3-TTS-12Hz-0.6B-Base"
 BASE_17B = HF_CONFIGS / "Qwen3-TTS-12Hz-1.7B-Base"
 
