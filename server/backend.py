@@ -83,7 +83,7 @@ def load_backend(model: str | None, dtype: str, num_slots: int) -> Backend:
         request_cls=request_cls,
         prompt_cls=prompt_cls,
         model_key=f"{model_fingerprint(model)}-{dtype}",
-        languages=list(tts.languages),
+        languages=display_languages(tts.languages),
         is_demo=is_demo,
     )
 
@@ -100,3 +100,8 @@ def _first_attr(name: str, *modules: str):
         if obj is not None:
             return obj
     raise ImportError(f"{name} not found in {modules}")
+
+
+def display_languages(names) -> list[str]:
+    """The engine's language names for clients: "english" -> "English"; "auto" is implied."""
+    return [n.title() if n.islower() else n for n in names if n.lower() != "auto"]

@@ -1,0 +1,106 @@
+"""Acceptance: the server driving the real BatchEngine on a tiny random-weight checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from server.backend import Backend, display_languages
+from tests.server_harness import Client, arun, running_server
+from tests.test_server_voices import wav_b64
+
+SLOTS = 2
+TEXT = "Hello there, this is a test."
+
+
+@pytest.fixture(scope="module")
+def tts(tiny_checkpoint):
+    from qwen3tts_jax import Qwen3TTS
+
+    return Qwen3TTS.from_pretrained(tiny_checkpoint[1], dtype="float32")
+
+
+def real_loader(tts, slots: int = SLOTS):
+    from qwen3tts_jax import GenerationRequest, VoicePrompt
+
+    def load() -> Backend:
+        return Backend(tts=tts, engine=tts.batch_engine(slots), request_cls=GenerationRequest,
+                       prompt_cls=VoicePrompt, model_key="tiny", languages=display_languages(tts.languages))
+    return load
+
+
+def reference_stream(tts, voice, text: str, seed: int, frames: int, slot: int = 0) -> np.ndarray:
+    """What the same engine shape produces for one request alone in `slot`."""
+    from qwen3tts_jax import GenerationRequest
+
+    engine = tts.batch_engine(SLOTS)
+    engine.admit(slot, GenerationRequest(text, voice, "English", seed, max_new_frames=frames))
+    out = []
+    while engine.active_slots():
+        out.append(engine.step()[slot].pcm)
+    return np.concatenate(out)
+
+
+def default_prompt(srv, tts):
+    v = srv.voices.get("default")
+    return tts.create_voice_prompt(str(v.reference), ref_text=v.transcript)
+
+
+def test_real_engine_flow(tmp_path, tts):
+    async def body():
+        async with running_server(tmp_path, loader=real_loader(tts), batch_slots=SLOTS) as srv:
+            voice = await asyncio.to_thread(default_prompt, srv, tts)
+            async with Client.open(srv) as c:
+                assert "English" in c.ready["capabilities"]["languages"]
+                await c.start(encoding="pcm32f", language="english")
+                pcm, done = await c.speak(TEXT, seed=3, maxFrames=8, requestId="r")
+                got = np.frombuffer(pcm, "<f4")
+                want = await asyncio.to_thread(reference_stream, tts, voice, TEXT, 3, 8)
+                assert got.tobytes() == want.astype("<f4").tobytes()  # byte-exact streaming
+                wav, sr = await asyncio.to_thread(tts.synthesize, TEXT, voice=voice, language="English",
+                                                  seed=3, max_new_frames=8)
+                assert sr == 24000 and len(got) == len(wav) == 8 * 1920
+                np.testing.assert_allclose(got, wav, atol=1e-4)  # one-pass decode: same audio to fp noise
+                assert done["samples"] == len(got) and done["charactersProcessed"] == len(TEXT)
+                assert done["audioLengthMs"] == pytest.approx(1000 * len(got) / 24000)
+                # Cancel mid-stream frees the slot; the next speak works.
+                await c.send(type="speak", text="A long one to cancel.", maxFrames=400)
+                assert isinstance(await c.recv(), bytes)
+                await c.send(type="cancel")
+                while isinstance(msg := await c.recv(), bytes):
+                    pass
+                assert '"cancelled":true' in msg
+                await asyncio.sleep(0.5)
+                assert srv.worker.backend.engine.active_slots() == []
+                await c.start(encoding="pcm16", sampleRate=16000)
+                pcm, done = await c.speak("Again.", maxFrames=4)
+                assert done["type"] == "complete" and len(pcm) == 2 * done["samples"] > 0
+    arun(body(), timeout=300)
+
+
+def test_real_engine_concurrent_sessions_and_voice(tmp_path, tts):
+    async def body():
+        async with running_server(tmp_path, loader=real_loader(tts), batch_slots=SLOTS) as srv:
+            voice = await asyncio.to_thread(default_prompt, srv, tts)
+
+            async def one(i):
+                async with Client.open(srv) as c:
+                    await c.start(encoding="pcm32f")
+                    pcm, done = await c.speak(f"Session {i} speaking.", seed=i, maxFrames=5)
+                    assert done["type"] == "complete"
+                    return np.frombuffer(pcm, "<f4")
+
+            outs = await asyncio.gather(*(one(i) for i in range(3)))
+            for i, got in enumerate(outs):
+                want = await asyncio.to_thread(reference_stream, tts, voice, f"Session {i} speaking.", i, 5)
+                np.testing.assert_allclose(got, want, atol=1e-5)  # each session its own audio
+            async with Client.open(srv) as c:
+                await c.send(type="registerVoice", voiceId="tone", audio=wav_b64(seconds=2.0),
+                             transcript="A tone.")
+                assert (await c.recv_json())["type"] == "voiceRegistered"
+                await c.start(voice="tone")
+                _, done = await c.speak("In the new voice.", maxFrames=3)
+                assert done["type"] == "complete" and done["samples"] == 3 * 1920
+    arun(body(), timeout=300)
