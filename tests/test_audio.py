@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import librosa
 import numpy as np
@@ -20,9 +21,8 @@ from qwen3tts_jax.audio import (
     to_24k,
     to_mono,
 )
-from tests.reference.checkpoints import DATA
 
-SPEECH = DATA / "speech_16k.wav"
+SPEECH = Path(__file__).resolve().parent / "data" / "speech_16k.wav"
 
 
 def _chirp(sr: int, seconds: float, seed: int = 0) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -30,8 +31,9 @@ from qwen3tts_jax.config import (
     TalkerConfig,
 )
 from qwen3tts_jax.params import assign
-from tests.reference.checkpoints import BASE_06B, DATA
+from tests.reference.checkpoints import BASE_06B
 
+DATA = Path(__file__).resolve().parent / "data"
 SR = 24000
 SPF = 1920
 VALID = 16
