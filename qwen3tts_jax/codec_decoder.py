@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from qwen3tts_jax.config import CodecDecoderConfig
-from qwen3tts_jax.conv import Conv1d, ConvTranspose1d
+from qwen3tts_jax.conv import CausalConvTranspose1d, Conv1d
 from qwen3tts_jax.layers import RMSNorm, apply_rope, attend, linear, rope_tables
 
 F32 = jnp.float32
@@ -101,16 +101,14 @@ class CausalConvNet(nnx.Module):
 
 class CausalTransConvNet(nnx.Module):
     """Reference `CausalTransConvNet`: transposed conv (k = m*s) with the last k-s samples cut,
-    i.e. output block t = sum_m x[t-m] @ W[m]; the carried context is the last m-1 inputs."""
+    i.e. output block t = sum_m x[t-m] @ W[m]; the carried context is the last m-1 inputs.
+    The kernel is stored in block layout `(m, in, s * out)` (converted once)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int, *, rngs: nnx.Rngs):
-        if kernel_size % stride:
-            raise ValueError(f"transposed conv kernel {kernel_size} must be a multiple of stride {stride}")
-        self.conv = ConvTranspose1d(in_ch, out_ch, kernel_size, stride=stride, rngs=rngs)
+        self.conv = CausalConvTranspose1d(in_ch, out_ch, kernel_size, stride=stride, rngs=rngs)
 
     def __call__(self, x: jax.Array, ctx: Context) -> jax.Array:
-        z = ctx.extend(x, self.conv.kernel_size // self.conv.stride - 1)
-        return self.conv.blocks(z)
+        return self.conv(ctx.extend(x, self.conv.context))
 
 
 class SnakeBeta(nnx.Module):

@@ -13,6 +13,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 _DIMS = ("NWC", "WIO", "NWC")
@@ -48,27 +49,19 @@ def conv_transpose1d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = N
     return y if bias is None else y + bias.astype(y.dtype)
 
 
-def conv_transpose1d_blocks(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *,
-                            stride: int) -> jax.Array:
-    """The first `(T - M + 1) * stride` samples of a transposed conv, computed as one regular conv.
+def blocks_kernel_from_torch(weight: np.ndarray, stride: int) -> np.ndarray:
+    """torch ConvTranspose1d weight `(I, O, K)`, `K = M * stride` -> block kernel `(M, I, stride * O)`.
 
-    For `K = M * stride`, output block t (samples `t*s .. t*s+s-1`) of torch's transposed
-    conv is `sum_m x[t - m] @ W[m*s : (m+1)*s]`. Given `x [B, T, I]` whose first `M - 1`
-    frames are left context (zeros for a causal start), this returns the blocks of the
-    remaining `T - M + 1` frames, `[B, (T - M + 1) * s, O]`: exactly torch's output with
-    the last `K - s` samples trimmed (the causal transposed conv), with no zero-stuffing.
+    `block[M-1-m, i, j*O + o] = weight[i, o, m*stride + j]`: the layout in which a causal
+    transposed conv is one plain valid conv (`CausalConvTranspose1d`), laid out once
+    at conversion instead of on every call.
     """
-    k, i, o = kernel.shape
+    i, o, k = weight.shape
     if k % stride:
         raise ValueError(f"kernel size {k} is not a multiple of stride {stride}")
     m = k // stride
-    w = kernel.reshape(m, stride, i, o)[::-1]  # w[j] multiplies x[t - (m-1-j)]
-    w = jnp.transpose(w, (0, 2, 1, 3)).reshape(m, i, stride * o)
-    y = jax.lax.conv_general_dilated(
-        x, w.astype(x.dtype), window_strides=(1,), padding=((0, 0),), dimension_numbers=_DIMS)
-    b, t, _ = y.shape
-    y = y.reshape(b, t * stride, o)
-    return y if bias is None else y + bias.astype(y.dtype)
+    w = weight.reshape(i, o, m, stride).transpose(2, 0, 3, 1)[::-1]  # (M, I, s, O), m reversed
+    return np.ascontiguousarray(w.reshape(m, i, stride * o))
 
 
 def _uniform(rngs: nnx.Rngs, shape, fan_in: int, dtype):
@@ -113,8 +106,36 @@ class ConvTranspose1d(nnx.Module):
         return conv_transpose1d(x, self.kernel[...], None if self.bias is None else self.bias[...],
                                 stride=self.stride)
 
-    def blocks(self, x: jax.Array) -> jax.Array:
-        """See `conv_transpose1d_blocks`: `x` carries `K/stride - 1` frames of left context."""
-        return conv_transpose1d_blocks(x, self.kernel[...],
-                                       None if self.bias is None else self.bias[...],
-                                       stride=self.stride)
+
+class CausalConvTranspose1d(nnx.Module):
+    """torch's transposed conv (kernel `M * stride`) with the last `kernel - stride` samples cut.
+
+    Output block t (samples `t*s .. t*s+s-1`) is `sum_m x[t - m] @ W[m*s : (m+1)*s]`, so with
+    the block kernel `(M, I, stride * O)` (`blocks_kernel_from_torch`) it is one valid conv
+    and a reshape, with no zero-stuffing and no per-call weight relayout. `__call__(x [B, T, I])`
+    expects `M - 1` frames of left context at the start of `x` (zeros at a causal start) and
+    returns `[B, (T - M + 1) * stride, O]`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int,
+                 bias: bool = True, dtype=jnp.float32, rngs: nnx.Rngs):
+        if kernel_size % stride:
+            raise ValueError(f"kernel size {kernel_size} is not a multiple of stride {stride}")
+        fan_in = out_channels * kernel_size
+        self.kernel = nnx.Param(_uniform(rngs, (kernel_size // stride, in_channels, stride * out_channels),
+                                         fan_in, dtype))
+        self.bias = nnx.Param(_uniform(rngs, (out_channels,), fan_in, dtype)) if bias else None
+        self.kernel_size, self.stride, self.out_channels = kernel_size, stride, out_channels
+
+    @property
+    def context(self) -> int:
+        """Input frames of left context each output block needs."""
+        return self.kernel_size // self.stride - 1
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.lax.conv_general_dilated(
+            x, self.kernel[...].astype(x.dtype), window_strides=(1,), padding=((0, 0),),
+            dimension_numbers=_DIMS)
+        b, t, _ = y.shape
+        y = y.reshape(b, t * self.stride, self.out_channels)
+        return y if self.bias is None else y + self.bias[...].astype(y.dtype)

@@ -234,3 +234,24 @@ def test_real_size_smoke():
     assert np.isfinite(got).all() and np.abs(got).max() <= 1.0
     expected = reference_forward(ref, codes)
     assert rel_err(got, expected) < TOL
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (4, 2), (10, 5), (16, 8), (6, 3)])
+def test_causal_transposed_conv_layout(kernel, stride):
+    """Block kernel + one valid conv == torch ConvTranspose1d with the last k - s samples cut."""
+    from qwen3tts_jax.conv import CausalConvTranspose1d, blocks_kernel_from_torch, conv_transpose1d
+
+    rng = np.random.default_rng(kernel)
+    x = rng.standard_normal((2, 9, 6)).astype(np.float32)
+    w = rng.standard_normal((6, 4, kernel)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    full = torch.nn.functional.conv_transpose1d(torch.from_numpy(x).transpose(1, 2), torch.from_numpy(w),
+                                                torch.from_numpy(b), stride=stride).transpose(1, 2).numpy()
+    np.testing.assert_allclose(conv_transpose1d(x, w.transpose(2, 0, 1), b, stride=stride), full,
+                               rtol=1e-5, atol=1e-5)
+    conv = CausalConvTranspose1d(6, 4, kernel, stride=stride, rngs=nnx.Rngs(0))
+    conv.kernel.value = blocks_kernel_from_torch(w, stride)
+    conv.bias.value = b
+    m = kernel // stride
+    got = conv(np.pad(x, ((0, 0), (m - 1, 0), (0, 0))))
+    np.testing.assert_allclose(got, full[:, :9 * stride], rtol=1e-5, atol=1e-5)

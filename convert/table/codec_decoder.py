@@ -2,9 +2,20 @@
 
 The Flax module mirrors the reference names, so every target is the source path; only the
 layouts change (conv, transposed conv and linear weights) and `weight` becomes `kernel`.
+Transposed convs are stored in the block layout of `qwen3tts_jax.conv.blocks_kernel_from_torch`
+(`(M, I, stride * O)`, M = kernel / stride), so the hot path never relayouts weights.
 """
 
-from convert.rule import CONV1D, CONV_TRANSPOSE1D, IDENTITY, LINEAR, Ignore, Rule
+from convert.rule import CONV1D, IDENTITY, LINEAR, Ignore, Rule, Transform
+from qwen3tts_jax.conv import blocks_kernel_from_torch
+
+
+def _blocks(m: int) -> Transform:
+    """torch ConvTranspose1d `(I, O, K)` with `K = m * stride` -> `(m, I, stride * O)`."""
+    return Transform(f"conv_transpose1d_blocks{m}",
+                     lambda a: blocks_kernel_from_torch(a, a.shape[2] // m),
+                     lambda s: (m, s[0], s[2] // m * s[1]), rank=3)
+
 
 _P = r"speech_tokenizer\.decoder\."
 _T = "codec_decoder."
@@ -14,9 +25,9 @@ RULES = (
     Rule(_P + r"(quantizer\.rvq_(?:first|rest)\.vq\.layers\.\d+\._codebook\.(?:embedding_sum|cluster_usage))",
          _T + r"\1", IDENTITY),
     Rule(_P + r"(quantizer\.rvq_(?:first|rest)\.output_proj)\.weight", _T + r"\1.kernel", CONV1D),
-    # Causal transposed convs: upsample.N.0 and the second layer of each decoder block.
-    Rule(_P + r"(upsample\.\d+\.0\.conv|decoder\.\d+\.block\.1\.conv)\.weight", _T + r"\1.kernel",
-         CONV_TRANSPOSE1D),
+    # Causal transposed convs: upsample.N.0 (kernel = stride) and decoder blocks (kernel = 2 stride).
+    Rule(_P + r"(upsample\.\d+\.0\.conv)\.weight", _T + r"\1.kernel", _blocks(1)),
+    Rule(_P + r"(decoder\.\d+\.block\.1\.conv)\.weight", _T + r"\1.kernel", _blocks(2)),
     # Causal convs: pre_conv, ConvNeXt depthwise, decoder.0 / decoder.6, residual-unit convs.
     Rule(_P + r"(pre_conv\.conv|upsample\.\d+\.1\.dwconv\.conv|decoder\.\d+\.conv"
          r"|decoder\.\d+\.block\.\d+\.conv[12]\.conv)\.weight", _T + r"\1.kernel", CONV1D),
