@@ -202,7 +202,7 @@ def test_batch_rows_of_different_lengths(pair):
     buf = np.zeros((len(lengths), 16 * SPF), np.float32)
     for i, n in enumerate(lengths):
         buf[i, :n] = 0.1 * rng.standard_normal(n)
-    codes, frames = jax.jit(lambda x, n: ours(x, n))(buf, np.asarray(lengths, np.int32))
+    codes, frames = _encode_jit(*nnx.split(ours), buf, np.asarray(lengths, np.int32))
     np.testing.assert_array_equal(np.asarray(frames), [-(-n // SPF) for n in lengths])
     for i, n in enumerate(lengths):
         got = np.asarray(codes[i, : -(-n // SPF)], np.int32)
