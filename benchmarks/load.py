@@ -141,6 +141,8 @@ async def run(a: argparse.Namespace) -> dict:
     audio = sum(r["audioSeconds"] for r in reqs)
     steps = after.get("steps", 0) - before.get("steps", 0)
     step_s = after.get("stepSeconds", 0.0) - before.get("stepSeconds", 0.0)
+    admits = after.get("admits", 0) - before.get("admits", 0)
+    admit_s = after.get("admitSeconds", 0.0) - before.get("admitSeconds", 0.0)
     return {
         "config": {"clients": a.clients, "requestsPerClient": a.requests, "sampleRate": a.sample_rate,
                    "encoding": a.encoding, "maxFrames": a.max_frames, "stagger": a.stagger,
@@ -155,6 +157,8 @@ async def run(a: argparse.Namespace) -> dict:
         "audioSeconds": round(audio, 3),
         "audioSecondsPerWallSecond": round(audio / wall, 3) if wall else None,
         "server": {"steps": steps, "meanStepMs": round(1000 * step_s / steps, 2) if steps else None,
+                   "admits": admits, "meanAdmitMs": round(1000 * admit_s / admits, 2) if admits else None,
+                   "deviceBusyFraction": round((step_s + admit_s) / wall, 3) if wall else None,
                    "framesPerStep": round(sum(r["frames"] for r in reqs) / steps, 2) if steps else None},
         "perRequest": reqs,
     }

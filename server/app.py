@@ -202,7 +202,8 @@ class TTSServer:
                "uptimeS": round(time.time() - self.started_at, 1)}
         if w is not None:
             out.update(activeSlots=w.active, pendingRequests=w.pending, steps=w.steps,
-                       stepSeconds=round(w.step_seconds, 4))
+                       stepSeconds=round(w.step_seconds, 4), admits=w.admits,
+                       admitSeconds=round(w.admit_seconds, 4))
             if w.error:
                 out["error"] = w.error
         if self.backend is not None:

@@ -74,6 +74,8 @@ class DeviceWorker:
         self.active = 0
         self.pending = 0
         self.step_seconds = 0.0
+        self.admits = 0
+        self.admit_seconds = 0.0  # prefill time: every active stream waits for it
 
     # -- asyncio side ---------------------------------------------------------------------
     def start(self) -> None:
@@ -214,6 +216,7 @@ class DeviceWorker:
             while free and (pending["high"] or pending["normal"]):
                 job = (pending["high"] or pending["normal"]).popleft()
                 slot = free.pop(0)
+                t0 = time.perf_counter()
                 try:
                     engine.admit(slot, job.request)
                 except ValueError as exc:
@@ -226,6 +229,8 @@ class DeviceWorker:
                     release(slot)
                     self._emit(job, "error", ("SYNTHESIS_ERROR", f"{type(exc).__name__}: {exc}"))
                     continue
+                self.admits += 1
+                self.admit_seconds += time.perf_counter() - t0
                 job.slot = slot
                 job.admitted_at = time.monotonic()
                 active[slot] = job
