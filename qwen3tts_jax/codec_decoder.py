@@ -412,14 +412,18 @@ def decode(module: CodecDecoder, codes) -> jax.Array:
     as the reference does (see `valid_lengths` / `decode_to_list` for trimming).
     """
     a, _ = _prepare(module, codes)
-    b, t, _ = a.shape
-    spf = module.cfg.samples_per_frame
+    return _decode_padded(module, a, bucket(a.shape[1]))
+
+
+def _decode_padded(module: CodecDecoder, a: np.ndarray, length: int) -> jax.Array:
+    """One pass over valid codes `a [B, T, Q]` right-padded to `length` frames."""
+    b, t, q = a.shape
     if t == 0:
         return jnp.zeros((b, 0), F32)
-    padded = np.zeros((b, bucket(t), a.shape[-1]), np.int32)
+    padded = np.zeros((b, length, q), np.int32)
     padded[:, :t] = a
     graphdef, params = nnx.split(module)
-    return _forward(graphdef, params, jnp.asarray(padded))[:, :t * spf]
+    return _forward(graphdef, params, jnp.asarray(padded))[:, :t * module.cfg.samples_per_frame]
 
 
 def decode_chunked(module: CodecDecoder, codes, chunk_size: int = 300,
@@ -431,8 +435,8 @@ def decode_chunked(module: CodecDecoder, codes, chunk_size: int = 300,
     a, _ = _prepare(module, codes)
     b, t, q = a.shape
     spf = module.cfg.samples_per_frame
-    if t <= chunk_size:
-        return decode(module, a)
+    if t <= chunk_size:  # one chunk: one pass, padded no further than a chunk
+        return _decode_padded(module, a, min(bucket(t), chunk_size))
     starts = range(0, t, chunk_size)
     row = max(min(left_context_size, s) for s in starts) + chunk_size
     graphdef, params = nnx.split(module)
