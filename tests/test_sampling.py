@@ -1,0 +1,82 @@
+"""On-device sampling: the reference's processor order and semantics, per-row parameters."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from qwen3tts_jax.sampling import SamplingParams, draw, talker_logits_processors
+
+
+def _hf_processors(logits, penalty, generated, eos, suppress, temperature, top_k, top_p):
+    """transformers' own processors, in the order the reference's talker `generate` builds them."""
+    from transformers.generation import logits_process as lp
+
+    procs = lp.LogitsProcessorList([
+        lp.RepetitionPenaltyLogitsProcessor(penalty),
+        lp.MinNewTokensLengthLogitsProcessor(0, 2, eos),
+        lp.SuppressTokensLogitsProcessor(suppress),
+        lp.TemperatureLogitsWarper(temperature),
+        lp.TopKLogitsWarper(top_k),
+        lp.TopPLogitsWarper(top_p),
+    ])
+    ids = torch.tensor([generated], dtype=torch.long)
+    return procs(ids, torch.tensor(logits)[None].clone())[0].numpy()
+
+
+def test_processors_match_transformers():
+    rng = np.random.default_rng(0)
+    v, eos = 3072, 2150
+    logits = rng.standard_normal(v).astype(np.float32) * 3
+    generated = [5, 17, 17, 2047, 100]
+    history = np.zeros(v, bool)
+    history[generated] = True
+    suppress = [i for i in range(2048, 3072) if i != eos]
+    want = _hf_processors(logits, 1.05, generated, eos, suppress, 0.9, 50, 0.8)
+    got = talker_logits_processors(jnp.asarray(logits)[None], jnp.asarray(history)[None], jnp.asarray([1.05]),
+                                   jnp.asarray([False]), eos, 2048)
+    params = SamplingParams.make(1, temperature=0.9, top_k=50, top_p=0.8)
+    from qwen3tts_jax.sampling import _top_k_top_p
+    got = np.asarray(_top_k_top_p(got / 0.9, params.top_k, params.top_p))[0]
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = ~np.isinf(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-6)
+
+
+def test_eos_blocked_and_control_ids_suppressed():
+    logits = jnp.zeros((2, 3072)).at[:, 2150].set(50.0).at[:, 2200].set(60.0)
+    out = talker_logits_processors(logits, jnp.zeros((2, 3072), bool), jnp.ones(2), jnp.asarray([True, False]),
+                                   2150, 2048)
+    assert np.isinf(out[0, 2150]) and out[1, 2150] == 50.0
+    assert np.isinf(out[:, 2200]).all() and np.isinf(out[:, 2048:2150]).all()
+    greedy = draw(out, SamplingParams.make(2, greedy=True), jax.random.split(jax.random.key(0), 2))
+    assert int(greedy[1]) == 2150 and int(greedy[0]) < 2048
+
+
+def test_top_k_keeps_ties_and_rows_have_their_own_parameters():
+    logits = jnp.asarray([[5.0, 4.0, 4.0, 1.0, 0.0], [5.0, 4.0, 4.0, 1.0, 0.0]])
+    params = SamplingParams(jnp.asarray([1.0, 1.0]), jnp.asarray([2, 0]), jnp.asarray([1.0, 1.0]),
+                            jnp.asarray([False, False]))
+    keys = jax.random.split(jax.random.key(1), 4000)
+    draws = np.stack([np.asarray(draw(logits, params, jax.random.split(k, 2))) for k in keys[:400]])
+    assert set(draws[:, 0]) == {0, 1, 2}           # top-2 with a tie at the 2nd value keeps 3 ids
+    assert set(draws[:, 1]) >= {0, 1, 2, 3}        # top_k=0: no filter
+
+
+def test_draws_follow_the_softmax():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+    params = SamplingParams.make(1, temperature=1.0, top_k=0, top_p=1.0)
+    keys = jax.random.split(jax.random.key(2), 6000)
+    ids = jax.vmap(lambda k: draw(logits, params, k[None])[0])(keys)
+    freq = np.bincount(np.asarray(ids), minlength=4) / 6000
+    np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.025)
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+    params = SamplingParams.make(1, temperature=1.0, top_k=0, top_p=0.7)
+    keys = jax.random.split(jax.random.key(3), 2000)
+    ids = np.asarray(jax.vmap(lambda k: draw(logits, params, k[None])[0])(keys))
+    assert set(ids) == {0, 1}
