@@ -223,7 +223,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16"
                 if a.component != name:
                     continue
                 f, file_key = sources[key]
-                values[a.path] = a.transform.apply(f.get(file_key)).astype(paths[a.path].dtype)
+                values[a.path] = a.transform.apply(f.get(file_key)).astype(paths[a.path].dtype, copy=False)
                 bar.update()
             checkpointer.save(tmp / "params" / name, nest(values))
             checkpointer.wait_until_finished()

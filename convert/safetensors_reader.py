@@ -64,7 +64,6 @@ class SafetensorsFile:
                 raise SafetensorsError(f"{self.path}: truncated: tensor {key!r} ends at byte "
                                        f"{end} of a {data_len}-byte data section")
             self._entries[key] = (np.dtype(dtype), shape, begin, end)
-        self._mmap: np.memmap | None = None
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -74,15 +73,22 @@ class SafetensorsFile:
         return self._entries[key][0]
 
     def get(self, key: str) -> np.ndarray:
-        """Read one tensor (a copy, so the memory map can be closed)."""
+        """Read one tensor into a fresh array.
+
+        Plain reads, not a memory map: mapped file pages count in the process's resident
+        memory, so mapping a multi-GB checkpoint would look like (and on tight machines act
+        like) one more copy of the weights.
+        """
         dtype, shape, begin, end = self._entries[key]
-        if self._mmap is None:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
-        raw = self._mmap[self._data_start + begin:self._data_start + end]
-        return np.array(raw.view(dtype).reshape(shape))
+        out = np.empty(shape, dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != end - begin:
+                raise SafetensorsError(f"{self.path}: truncated while reading tensor {key!r}")
+        return out
 
     def close(self) -> None:
-        self._mmap = None
+        """Nothing stays open between reads (kept for symmetry with file-like objects)."""
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:

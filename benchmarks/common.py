@@ -1,0 +1,74 @@
+"""Shared by the benchmark scripts: the cached full-size checkpoint, timing, result files.
+
+The full-size checkpoint is a random-weight reference model at the released 0.6B-Base
+config, written in the official layout (main weights bfloat16 as released, speech tokenizer
+float32) and kept under `.cache/` between runs. Needs the test extra (torch, qwen-tts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("QWEN3TTS_CACHE", REPO / ".cache"))
+RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO))
+
+
+def full_size_checkpoint(preset: str = "real-0.6b", dtype: str = "bfloat16") -> Path:
+    """The official-layout folder of `preset`, built once and cached."""
+    path = CACHE / f"{preset}-{dtype}-hf"
+    if not (path / "model.safetensors").exists():
+        from tests.reference.checkpoints import build_checkpoint
+
+        tmp = path.with_name(path.name + ".partial")
+        build_checkpoint(tmp, preset, seed=0, dtype=dtype)
+        tmp.rename(path)
+    return path
+
+
+def converted(src: Path, dtype: str) -> Path:
+    dst = CACHE / f"{src.name}-jax-{dtype}"
+    if not (dst / "qwen3tts_jax.json").exists():
+        from convert import convert_checkpoint
+
+        convert_checkpoint(src, dst, dtype=dtype, overwrite=dst.exists())
+    return dst
+
+
+def timed(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def median_ms(samples: list[float]) -> float:
+    return round(1000 * statistics.median(samples), 2)
+
+
+def machine() -> dict:
+    import jax
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=REPO).stdout.strip()
+    return {"machine": f"{platform.machine()} {os.cpu_count()} cores", "jax": jax.__version__,
+            "device": str(jax.devices()[0]), "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                      time.gmtime())}
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({**machine(), **payload}, indent=2) + "\n")
+    print(json.dumps(payload, indent=2))
+    return path

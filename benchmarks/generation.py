@@ -1,0 +1,131 @@
+"""Decode speed, JAX vs the PyTorch reference, on the full-size 0.6B-Base (random weights).
+
+    python benchmarks/generation.py [--frames 16] [--batch 1 4 8] [--dtypes float32 bfloat16] [--no-reference]
+
+Both run in this one process, one after the other, on the same checkpoint and prompt
+(x-vector voice, short English text). Reported as medians:
+- reference: ms per frame of its own `generate` (EOS disabled by pointing `eos_token_id` at a
+  suppressed id, so every run makes exactly the frames asked for), prefill excluded by
+  differencing two run lengths; codec decode of those frames timed separately;
+- JAX: ms per `BatchEngine.step` (one device call for talker + 15 code-predictor steps +
+  sampling, then the streaming codec decode of the new frame) at each batch size, prefill
+  (`admit`) time, and first-audio latency (admit + first step, PCM in hand).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import time
+
+import numpy as np
+from common import converted, full_size_checkpoint, median_ms, timed, write_result
+
+TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
+
+
+def bench_reference(src, frames: int) -> dict:
+    import torch
+
+    from tests.reference.checkpoints import load_reference
+
+    torch.set_num_threads(os.cpu_count())
+    ref = load_reference(src)
+    emb = torch.from_numpy(np.random.default_rng(0).standard_normal(1024).astype(np.float32))
+    from qwen_tts.inference.qwen3_tts_model import VoiceClonePromptItem
+
+    item = VoiceClonePromptItem(ref_code=None, ref_spk_embedding=emb, x_vector_only_mode=True, icl_mode=False)
+
+    def run(n):
+        return ref.model.generate(
+            input_ids=ref._tokenize_texts([ref._build_assistant_text(TEXT)]), ref_ids=None,
+            voice_clone_prompt=ref._prompt_items_to_voice_clone_prompt([item]), languages=["English"],
+            max_new_tokens=n + 1, eos_token_id=2151, do_sample=True, top_k=50, top_p=1.0, temperature=0.9,
+            subtalker_dosample=True, subtalker_top_k=50, subtalker_top_p=1.0, subtalker_temperature=0.9,
+            repetition_penalty=1.05)
+
+    run(2)
+    short = timed(lambda: run(2), 3)
+    long_ = timed(lambda: run(2 + frames), 3)
+    per_frame = (np.median(long_) - np.median(short)) / frames
+    codes = run(frames)[0][0]
+    decode = timed(lambda: ref.model.speech_tokenizer.decode([{"audio_codes": codes}]), 3)
+    return {"ms_per_frame": round(1000 * per_frame, 1), "prefill_plus_2_frames_ms": median_ms(short),
+            "codec_decode_ms_per_frame": round(median_ms(decode) / frames, 1), "threads": os.cpu_count()}
+
+
+def bench_engine(tts, voice, b: int, frames: int) -> dict:
+    import jax
+
+    from qwen3tts_jax import GenerationRequest
+
+    engine = tts.batch_engine(b, max_seq_len=1024)
+    request = GenerationRequest(TEXT, voice, "English", max_new_frames=10_000)
+    start = time.perf_counter()
+    for slot in range(b):
+        engine.admit(slot, request)
+    engine.step()
+    compile_s = time.perf_counter() - start
+    for slot in range(b):                      # warm: now measure admit (prefill) alone
+        engine.release(slot)
+
+    def admit_once():
+        engine.admit(0, request)
+        engine.release(0)
+    admit = timed(admit_once, 3)
+    first = []
+    for _ in range(3):
+        start = time.perf_counter()
+        engine.admit(0, request)
+        pcm = engine.step()[0].pcm
+        first.append(time.perf_counter() - start)
+        engine.release(0)
+        assert pcm.size == 1920
+    for slot in range(b):
+        engine.admit(slot, request)
+    steps = timed(engine.step, frames)
+    jax.block_until_ready(engine.state.length)
+    step_ms = median_ms(steps)
+    return {"ms_per_step": step_ms, "ms_per_frame": round(step_ms / b, 2), "x_realtime": round(b * 80 / step_ms, 3),
+            "prefill_ms": median_ms(admit), "first_audio_ms": median_ms(first), "first_call_s": round(compile_s, 1)}
+
+
+def bench_jax(src, dtype: str, batches: list[int], frames: int) -> dict:
+    from qwen3tts_jax import Qwen3TTS, VoicePrompt
+
+    tts = Qwen3TTS.from_pretrained(converted(src, dtype))
+    voice = VoicePrompt(np.random.default_rng(0).standard_normal(tts.config.talker.hidden_size).astype(np.float32))
+    out = {}
+    for b in batches:
+        out[f"batch_{b}"] = bench_engine(tts, voice, b, frames)
+        gc.collect()
+        print(dtype, b, out[f"batch_{b}"], flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--name", default="generation_cpu")
+    args = parser.parse_args()
+    src = full_size_checkpoint()
+    result = {"model": "0.6B-Base full size, random weights", "text": TEXT, "frames_timed": args.frames}
+    if not args.no_reference:
+        result["reference_float32"] = bench_reference(src, args.frames)
+        gc.collect()
+        print("reference", result["reference_float32"], flush=True)
+    for dtype in args.dtypes:
+        result[f"jax_{dtype}"] = bench_jax(src, dtype, args.batch, args.frames)
+    if "reference_float32" in result:
+        ref = result["reference_float32"]["ms_per_frame"]
+        result["speedup_vs_reference_batch1"] = {
+            d: round(ref / result[f"jax_{d}"]["batch_1"]["ms_per_step"], 2) for d in args.dtypes}
+    write_result(args.name, result)
+
+
+if __name__ == "__main__":
+    main()
