@@ -50,18 +50,23 @@ def conv_transpose1d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = N
 
 
 def blocks_kernel_from_torch(weight: np.ndarray, stride: int) -> np.ndarray:
-    """torch ConvTranspose1d weight `(I, O, K)`, `K = M * stride` -> block kernel `(M, I, stride * O)`.
+    """torch ConvTranspose1d weight `(I, O, K)`, `K = M * stride` -> block kernel `(M, I, stride, O)`.
 
-    `block[M-1-m, i, j*O + o] = weight[i, o, m*stride + j]`: the layout in which a causal
-    transposed conv is one plain valid conv (`CausalConvTranspose1d`), laid out once
-    at conversion instead of on every call.
+    `block[M-1-m, i, j, o] = weight[i, o, m*stride + j]`: the layout in which a causal
+    transposed conv is one plain valid conv (`CausalConvTranspose1d`; `(M, I, stride * O)`
+    is a free reshape of it), laid out once at conversion instead of on every call.
     """
     i, o, k = weight.shape
     if k % stride:
         raise ValueError(f"kernel size {k} is not a multiple of stride {stride}")
     m = k // stride
-    w = weight.reshape(i, o, m, stride).transpose(2, 0, 3, 1)[::-1]  # (M, I, s, O), m reversed
-    return np.ascontiguousarray(w.reshape(m, i, stride * o))
+    return np.ascontiguousarray(weight.reshape(i, o, m, stride).transpose(2, 0, 3, 1)[::-1])
+
+
+def blocks_kernel_to_torch(block: np.ndarray) -> np.ndarray:
+    """Inverse of `blocks_kernel_from_torch`: `(M, I, stride, O)` -> torch `(I, O, M * stride)`."""
+    m, i, s, o = block.shape
+    return np.ascontiguousarray(block[::-1].transpose(1, 3, 0, 2).reshape(i, o, m * s))
 
 
 def _uniform(rngs: nnx.Rngs, shape, fan_in: int, dtype):
@@ -111,7 +116,7 @@ class CausalConvTranspose1d(nnx.Module):
     """torch's transposed conv (kernel `M * stride`) with the last `kernel - stride` samples cut.
 
     Output block t (samples `t*s .. t*s+s-1`) is `sum_m x[t - m] @ W[m*s : (m+1)*s]`, so with
-    the block kernel `(M, I, stride * O)` (`blocks_kernel_from_torch`) it is one valid conv
+    the block kernel `(M, I, stride, O)` (`blocks_kernel_from_torch`) it is one valid conv
     and a reshape, with no zero-stuffing and no per-call weight relayout. `__call__(x [B, T, I])`
     expects `M - 1` frames of left context at the start of `x` (zeros at a causal start) and
     returns `[B, (T - M + 1) * stride, O]`.
@@ -122,7 +127,7 @@ class CausalConvTranspose1d(nnx.Module):
         if kernel_size % stride:
             raise ValueError(f"kernel size {kernel_size} is not a multiple of stride {stride}")
         fan_in = out_channels * kernel_size
-        self.kernel = nnx.Param(_uniform(rngs, (kernel_size // stride, in_channels, stride * out_channels),
+        self.kernel = nnx.Param(_uniform(rngs, (kernel_size // stride, in_channels, stride, out_channels),
                                          fan_in, dtype))
         self.bias = nnx.Param(_uniform(rngs, (out_channels,), fan_in, dtype)) if bias else None
         self.kernel_size, self.stride, self.out_channels = kernel_size, stride, out_channels
@@ -133,9 +138,10 @@ class CausalConvTranspose1d(nnx.Module):
         return self.kernel_size // self.stride - 1
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jax.lax.conv_general_dilated(
-            x, self.kernel[...].astype(x.dtype), window_strides=(1,), padding=((0, 0),),
-            dimension_numbers=_DIMS)
+        m, i, s, o = self.kernel.shape
+        kernel = self.kernel[...].reshape(m, i, s * o).astype(x.dtype)  # contiguous: free
+        y = jax.lax.conv_general_dilated(x, kernel, window_strides=(1,), padding=((0, 0),),
+                                         dimension_numbers=_DIMS)
         b, t, _ = y.shape
         y = y.reshape(b, t * self.stride, self.out_channels)
         return y if self.bias is None else y + self.bias[...].astype(y.dtype)

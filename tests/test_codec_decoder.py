@@ -239,7 +239,12 @@ def test_real_size_smoke():
 @pytest.mark.parametrize("kernel,stride", [(2, 2), (4, 2), (10, 5), (16, 8), (6, 3)])
 def test_causal_transposed_conv_layout(kernel, stride):
     """Block kernel + one valid conv == torch ConvTranspose1d with the last k - s samples cut."""
-    from qwen3tts_jax.conv import CausalConvTranspose1d, blocks_kernel_from_torch, conv_transpose1d
+    from qwen3tts_jax.conv import (
+        CausalConvTranspose1d,
+        blocks_kernel_from_torch,
+        blocks_kernel_to_torch,
+        conv_transpose1d,
+    )
 
     rng = np.random.default_rng(kernel)
     x = rng.standard_normal((2, 9, 6)).astype(np.float32)
@@ -255,3 +260,18 @@ def test_causal_transposed_conv_layout(kernel, stride):
     m = kernel // stride
     got = conv(np.pad(x, ((0, 0), (m - 1, 0), (0, 0))))
     np.testing.assert_allclose(got, full[:, :9 * stride], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(blocks_kernel_to_torch(blocks_kernel_from_torch(w, stride)), w)
+
+
+def test_export_inverts_the_table():
+    """`convert.export` (Flax -> official layout) gives back the reference state_dict exactly."""
+    from convert.export import to_source_tensors
+    from qwen3tts_jax.params import flat_params
+
+    ref, model, _ = pair("tiny", 0)
+    exported = to_source_tensors({"codec_decoder": {k: np.asarray(v) for k, v in flat_params(model).items()}})
+    expected = {"speech_tokenizer.decoder." + k: v.detach().numpy() for k, v in ref.state_dict().items()
+                if ".input_proj." not in k or "pre_transformer" in k}
+    assert set(exported) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(exported[key], value, err_msg=key)

@@ -3,7 +3,8 @@
 The Flax module mirrors the reference names, so every target is the source path; only the
 layouts change (conv, transposed conv and linear weights) and `weight` becomes `kernel`.
 Transposed convs are stored in the block layout of `qwen3tts_jax.conv.blocks_kernel_from_torch`
-(`(M, I, stride * O)`, M = kernel / stride), so the hot path never relayouts weights.
+(`(M, I, stride, O)`, M = kernel / stride), so the hot path never relayouts weights;
+`convert.export` inverts it with `blocks_kernel_to_torch`.
 """
 
 from convert.rule import CONV1D, IDENTITY, LINEAR, Ignore, Rule, Transform
@@ -11,10 +12,10 @@ from qwen3tts_jax.conv import blocks_kernel_from_torch
 
 
 def _blocks(m: int) -> Transform:
-    """torch ConvTranspose1d `(I, O, K)` with `K = m * stride` -> `(m, I, stride * O)`."""
+    """torch ConvTranspose1d `(I, O, K)` with `K = m * stride` -> `(m, I, stride, O)`."""
     return Transform(f"conv_transpose1d_blocks{m}",
                      lambda a: blocks_kernel_from_torch(a, a.shape[2] // m),
-                     lambda s: (m, s[0], s[2] // m * s[1]), rank=3)
+                     lambda s: (m, s[0], s[2] // m, s[1]), rank=3)
 
 
 _P = r"speech_tokenizer\.decoder\."
