@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from qwen3tts_jax import codec_decoder, codec_encoder, speaker_encoder
@@ -59,13 +60,18 @@ class Qwen3TTS:
     # -- loading ----------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype: str = "bfloat16",
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, dtype: str | None = None,
                         cache_dir: str | os.PathLike | None = None) -> Qwen3TTS:
         """Load a converted folder, or convert an official folder / hub id first (cached).
 
         Raw checkpoints are converted once into `cache_dir` (default `~/.cache/qwen3tts_jax`,
-        or $QWEN3TTS_JAX_CACHE), keyed by the source path and dtype.
+        or $QWEN3TTS_JAX_CACHE), keyed by the source path and dtype. `dtype` (of the talker
+        and code predictor) defaults to bfloat16 on accelerators and float32 on CPU, where
+        XLA's bfloat16 matmuls are several times slower than float32 ones (BENCHMARKS.md).
+        A converted folder keeps the dtype it was converted with.
         """
+        if dtype is None:
+            dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
         path = Path(path_or_hub_id).expanduser()
         if path.is_dir() and is_converted(path):
             return cls(load(path))

@@ -105,15 +105,15 @@ def _randomize(module, gen) -> None:
     import torch
     from torch import nn
 
-    for _, p in module.named_parameters():
-        if p.numel() > 1 and float(p.detach().std()) == 0.0:
+    tensors = list(module.named_parameters()) + list(module.named_buffers())
+    for name, p in tensors:  # codebooks first: the decoder keeps them as parameters, Mimi as buffers
+        if name.endswith("cluster_usage"):
+            p.copy_(0.5 + torch.rand(p.shape, generator=gen) * 1.5)
+        elif name.endswith(("embed_sum", "embedding_sum")):
+            p.copy_(torch.randn(p.shape, generator=gen))
+        elif p.is_floating_point() and p.numel() > 1 and float(p.detach().std()) == 0.0:
             base = float(p.detach().flatten()[0])
             p.add_(0.1 * max(abs(base), 0.1) * torch.randn(p.shape, generator=gen))
-    for name, b in module.named_buffers():
-        if name.endswith("cluster_usage"):
-            b.copy_(0.5 + torch.rand(b.shape, generator=gen) * 1.5)
-        elif name.endswith(("embed_sum", "embedding_sum")):
-            b.copy_(torch.randn(b.shape, generator=gen))
     for name, m in module.named_modules():
         if not name.startswith("decoder."):
             continue
