@@ -45,7 +45,7 @@ def test_committed_notebooks_are_stripped(path):
 @pytest.fixture
 def kernel_env(tmp_path, monkeypatch):
     """A kernelspec for the running interpreter, found through JUPYTER_PATH; IPython and
-    Jupyter runtime state kept under tmp_path."""
+    Jupyter runtime state, and the notebooks' temporary folders, kept under tmp_path."""
     spec = tmp_path / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
@@ -54,6 +54,8 @@ def kernel_env(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))   # the notebooks' scratch folders
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.setenv("QWEN3TTS_REPO", str(REPO))
     monkeypatch.setenv("PYTHONPATH", str(REPO))
