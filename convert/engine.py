@@ -24,11 +24,10 @@ from convert.rule import Transform
 from convert.safetensors_reader import SafetensorsError, SafetensorsFile
 from convert.table import IGNORED, RULES
 from qwen3tts_jax import components
+from qwen3tts_jax.checkpoint import FORMAT_VERSION, MANIFEST
 from qwen3tts_jax.config import Qwen3TTSConfig
 from qwen3tts_jax.params import flat_params, nest
 
-MANIFEST = "qwen3tts_jax.json"
-FORMAT_VERSION = 1
 SPEECH_TOKENIZER = "speech_tokenizer"
 _COMPILED = tuple((re.compile(r.source), r) for r in RULES)
 _IGNORED = tuple(re.compile(i.source) for i in IGNORED)

@@ -13,7 +13,7 @@ import numpy as np
 
 from qwen3tts_jax import codec_decoder, codec_encoder, speaker_encoder
 from qwen3tts_jax.audio import load_audio_24k
-from qwen3tts_jax.checkpoint import LoadedModel, is_converted, load
+from qwen3tts_jax.checkpoint import FORMAT_VERSION, LoadedModel, format_version, is_converted, load
 from qwen3tts_jax.decode import DecodeSpec, make_weights
 from qwen3tts_jax.engine import BatchEngine, GenerationRequest
 from qwen3tts_jax.prompt import PromptLayout, build_layout
@@ -82,7 +82,7 @@ class Qwen3TTS:
         key = hashlib.sha256(f"{source.resolve()}|{dtype}".encode()).hexdigest()[:16]
         target = Path(cache_dir) if cache_dir else default_cache_dir()
         target = target / f"{source.name}-{dtype}-{key}"
-        if not is_converted(target):
+        if format_version(target) != FORMAT_VERSION:  # absent, or written by an older layout
             convert_checkpoint(source, target, dtype=dtype, overwrite=target.exists())
         return cls(load(target))
 

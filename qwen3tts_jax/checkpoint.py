@@ -15,6 +15,8 @@ from qwen3tts_jax.config import Qwen3TTSConfig
 from qwen3tts_jax.params import assign, flat_params, flatten, nest
 
 MANIFEST = "qwen3tts_jax.json"
+# Bumped whenever a converted parameter's layout changes; older folders must be re-converted.
+FORMAT_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -35,6 +37,14 @@ def is_converted(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
+def format_version(path: str | Path) -> int | None:
+    """The layout version a converted folder was written with (None if not converted)."""
+    try:
+        return int(json.loads((Path(path) / MANIFEST).read_text()).get("format_version", 0))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def load(path: str | Path, names: list[str] | None = None) -> LoadedModel:
     """Load the converted folder at `path` (written by `python -m convert`).
 
@@ -48,6 +58,10 @@ def load(path: str | Path, names: list[str] | None = None) -> LoadedModel:
             f"{path} is not a converted qwen3tts_jax checkpoint (no {MANIFEST}); "
             "convert it with `python -m convert SRC DST` or use Qwen3TTS.from_pretrained")
     manifest = json.loads((path / MANIFEST).read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} was converted by an older qwen3tts_jax (parameter layout {manifest.get('format_version')}, "
+            f"this version reads {FORMAT_VERSION}): convert the original checkpoint again")
     dtype = jnp.dtype(manifest["dtype"])
     cfg = Qwen3TTSConfig.from_dir(path)
     wanted = manifest["components"] if names is None else names

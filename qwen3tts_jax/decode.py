@@ -26,9 +26,13 @@ from qwen3tts_jax.prompt import frame_embedding
 from qwen3tts_jax.sampling import SamplingParams, draw, talker_logits_processors
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class DecodeSpec:
-    """Static facts of the decode step (hashable: a jit static argument)."""
+    """Static facts of the decode step, a jit static argument.
+
+    Hashed by identity (eq=False): jit hashes static arguments on every call, and hashing
+    the GraphDefs costs about a millisecond. A model builds its spec once and reuses it.
+    """
 
     talker_def: nnx.GraphDef
     predictor_def: nnx.GraphDef

@@ -80,3 +80,30 @@ def test_top_p_keeps_the_smallest_nucleus():
     keys = jax.random.split(jax.random.key(3), 2000)
     ids = np.asarray(jax.vmap(lambda k: draw(logits, params, k[None])[0])(keys))
     assert set(ids) == {0, 1}
+
+
+def test_candidate_path_samples_the_same_distribution_as_the_full_sort():
+    """Rows with 1 <= top_k <= CANDIDATES sample among lax.top_k candidates; rows that disable
+    top-k take the full-vocabulary path. Both must give the same distribution."""
+    from qwen3tts_jax.sampling import _draw_candidates, _draw_full
+
+    rng = np.random.default_rng(5)
+    logits = jnp.asarray(rng.standard_normal((1, 2048)) * 2, jnp.float32)
+    for top_k, top_p in [(50, 1.0), (20, 0.6), (128, 0.9)]:
+        params = SamplingParams.make(1, temperature=1.0, top_k=top_k, top_p=top_p)
+        keys = jax.random.split(jax.random.key(top_k), 4000)
+        fast = np.asarray(jax.jit(jax.vmap(lambda k, p=params: _draw_candidates(logits, p, k[None])[0]))(keys))
+        full = np.asarray(jax.jit(jax.vmap(lambda k, p=params: _draw_full(logits, p, k[None])[0]))(keys))
+        support = set(np.asarray(_allowed(logits[0], top_k, top_p)))
+        assert set(fast) <= support and set(full) <= support
+        f1 = np.bincount(fast, minlength=2048) / 4000
+        f2 = np.bincount(full, minlength=2048) / 4000
+        assert np.abs(f1 - f2).max() < 0.04, (top_k, top_p)
+
+
+def _allowed(row, top_k, top_p):
+    order = np.argsort(-np.asarray(row))[:top_k]
+    p = np.exp(np.asarray(row)[order] - np.asarray(row)[order].max())
+    p /= p.sum()
+    above = np.cumsum(p) - p
+    return order[above < top_p] if top_p < 1 else order
