@@ -22,8 +22,19 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
 
-def full_size_checkpoint(preset: str = "real-0.6b", dtype: str = "bfloat16") -> Path:
-    """The official-layout folder of `preset`, built once and cached."""
+def full_size_checkpoint(preset: str = "real-0.6b", dtype: str = "bfloat16", native: bool = False) -> Path:
+    """The official-layout folder of `preset`, built once and cached.
+
+    `native=True` builds the released 0.6B-Base sizes without torch (random Flax init run
+    backwards through the conversion table): for machines without the reference installed.
+    """
+    if native:
+        from convert.demo import build_random_checkpoint, released_configs
+
+        path = CACHE / "real-0.6b-native-hf"
+        if not (path / "model.safetensors").exists():
+            build_random_checkpoint(path, *released_configs())
+        return path
     path = CACHE / f"{preset}-{dtype}-hf"
     if not (path / "model.safetensors").exists():
         from tests.reference.checkpoints import build_checkpoint

@@ -110,9 +110,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--native", action="store_true",
+                        help="build the full-size random checkpoint without torch (implies --no-reference)")
     parser.add_argument("--name", default="generation_cpu")
     args = parser.parse_args()
-    src = full_size_checkpoint()
+    src = full_size_checkpoint(native=args.native)
+    args.no_reference |= args.native
     result = {"model": "0.6B-Base full size, random weights", "text": TEXT, "frames_timed": args.frames}
     if not args.no_reference:
         result["reference_float32"] = bench_reference(src, args.frames)

@@ -68,10 +68,20 @@ def random_params(cfg, seed: int) -> dict[str, dict[str, np.ndarray]]:
 
 def build_demo_checkpoint(dst: str | os.PathLike, seed: int = 0) -> Path:
     """Write the demo checkpoint folder (official layout) at `dst`, atomically; returns `dst`."""
+    return build_random_checkpoint(dst, *demo_configs(), seed=seed)
+
+
+def released_configs() -> tuple[dict, dict]:
+    """The released 0.6B-Base configs (for full-size random checkpoints: benchmarks)."""
+    return (json.loads((BASE_06B / "config.json").read_text()),
+            json.loads((BASE_06B / "speech_tokenizer" / "config.json").read_text()))
+
+
+def build_random_checkpoint(dst: str | os.PathLike, main: dict, tok: dict, seed: int = 0) -> Path:
+    """A random-weight checkpoint for the given configs, official layout, written atomically."""
     from qwen3tts_jax.config import Qwen3TTSConfig
 
     dst = Path(dst)
-    main, tok = demo_configs()
     tensors = to_source_tensors(random_params(Qwen3TTSConfig.from_hf_config(main, tok), seed))
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
