@@ -205,12 +205,17 @@ def _frame(spec: DecodeSpec, weights: Weights, state: RowState):
 
 @functools.partial(jax.jit, static_argnames=("spec", "frames"), donate_argnames=("state",))
 def decode_frames(spec: DecodeSpec, weights: Weights, state: RowState, frames: int = 1):
-    """`frames` frame steps in one device call. Returns the state and, per step,
-    `codes [frames, B, G]`, `emitted [frames, B]` (the row produced that frame) and
-    `finished [frames, B]` (that frame was the row's last)."""
+    """`frames` frame steps in one device call.
+
+    Returns the state and `(codes [B, frames, G], made [B], finished [B])`: row b made its
+    first `made[b]` frames of `codes` in this call (rows stop early at EOS or their limit),
+    and `finished[b]` says its utterance ended here.
+    """
     def body(s, _):
         return _frame(spec, weights, s)
-    return jax.lax.scan(body, state, None, length=frames)
+    state, (codes, emitted, finished) = jax.lax.scan(body, state, None, length=frames)
+    made = emitted.sum(axis=0).astype(jnp.int32)
+    return state, (jnp.swapaxes(codes, 0, 1), made, finished.any(axis=0))
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))

@@ -15,7 +15,6 @@ import weakref
 from typing import TYPE_CHECKING
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from qwen3tts_jax import decode
@@ -149,12 +148,11 @@ class BatchEngine:
         """One frame for every active slot: {slot: SlotOutput} for the slots that were active."""
         if not self._slots:
             return {}
-        self.state, (codes, emitted, finished) = decode.decode_frames(self.spec, self.weights, self.state, 1)
-        n_valid = emitted.sum(axis=0).astype(jnp.int32)                         # [B]
+        self.state, (codes, made, finished) = decode.decode_frames(self.spec, self.weights, self.state, 1)
         pcm = None
         if self.decoder is not None:
-            pcm, self.decoder.state = self.decoder.step(self.decoder.state, jnp.swapaxes(codes, 0, 1), n_valid)
-        codes, n_valid, finished = jax.device_get((codes, n_valid, finished.any(axis=0)))
+            pcm, self.decoder.state = self.decoder.step(self.decoder.state, codes, made)
+        codes, n_valid, finished = jax.device_get((codes, made, finished))
         pcm = None if pcm is None else np.asarray(pcm)
         spf = self.tts.samples_per_frame
         out = {}
@@ -162,7 +160,7 @@ class BatchEngine:
             n = int(n_valid[slot])
             out[slot] = SlotOutput(
                 pcm=pcm[slot, :n * spf] if pcm is not None else np.zeros(0, np.float32),
-                codes=np.ascontiguousarray(codes[:n, slot]), finished=bool(finished[slot]))
+                codes=np.ascontiguousarray(codes[slot, :n]), finished=bool(finished[slot]))
             self._slots[slot].frames += n
             if finished[slot]:
                 del self._slots[slot]
