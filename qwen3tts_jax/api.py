@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -56,6 +57,7 @@ class Qwen3TTS:
         # The reference stops at max_new_tokens (8192 released) sampled tokens = 8191 frames.
         self.default_max_new_frames = int(gen.get("max_new_tokens", 2048)) - 1
         self._decode_parts = None
+        self._idle_engines: dict[tuple, BatchEngine] = {}
 
     # -- loading ----------------------------------------------------------------------------
 
@@ -139,14 +141,14 @@ class Qwen3TTS:
         return codes[0] if single else codes
 
     def _run(self, requests: list[GenerationRequest]) -> list[np.ndarray]:
-        engine = self.batch_engine(len(requests), stream_audio=False,
-                                   max_new_frames=max(r.max_new_frames or 0 for r in requests))
-        for slot, r in enumerate(requests):
-            engine.admit(slot, r)
         frames: list[list[np.ndarray]] = [[] for _ in requests]
-        while engine.active_slots():
-            for slot, out in engine.step().items():
-                frames[slot].append(out.codes)
+        max_frames = max(r.max_new_frames or 0 for r in requests)
+        with self._engine(len(requests), stream_audio=False, max_new_frames=max_frames) as engine:
+            for slot, r in enumerate(requests):
+                engine.admit(slot, r)
+            while engine.active_slots():
+                for slot, out in engine.step().items():
+                    frames[slot].append(out.codes)
         groups = self.config.talker.num_code_groups
         return [np.concatenate(f) if f else np.zeros((0, groups), np.int32) for f in frames]
 
@@ -169,18 +171,36 @@ class Qwen3TTS:
         """float32 PCM chunks, each yielded as soon as its frame exists (80 ms per frame)."""
         (request,), _ = self._requests(text, voice, language, seed, greedy, max_new_frames,
                                        non_streaming_text, sampling)
-        engine = self.batch_engine(1, max_new_frames=request.max_new_frames or 0)
-        engine.admit(0, request)
-        while engine.active_slots():
-            out = engine.step().get(0)
-            if out is not None and out.pcm.size:
-                yield out.pcm
+        with self._engine(1, stream_audio=True, max_new_frames=request.max_new_frames or 0) as engine:
+            engine.admit(0, request)
+            while engine.active_slots():
+                out = engine.step().get(0)
+                if out is not None and out.pcm.size:
+                    yield out.pcm
 
-    def batch_engine(self, num_slots: int = 1, *, max_seq_len: int | None = None, max_text_tokens: int = 512,
-                     stream_audio: bool = True, max_new_frames: int = 0) -> BatchEngine:
-        """A continuous-batching engine over `num_slots` rows (see `qwen3tts_jax.engine`)."""
-        if max_seq_len is None:
-            max_seq_len = max(2048, _round_up(max_new_frames + 1024, 1024))
+    @contextlib.contextmanager
+    def _engine(self, num_slots: int, *, stream_audio: bool, max_new_frames: int):
+        """An idle engine of this shape from a small pool (building one allocates its caches and
+        traces the codec state), returned with every slot released when the caller is done."""
+        key = (num_slots, _seq_len(max_new_frames), stream_audio)
+        engine = self._idle_engines.pop(key, None) or self.batch_engine(
+            num_slots, max_seq_len=key[1], stream_audio=stream_audio)
+        try:
+            yield engine
+        finally:
+            for slot in engine.active_slots():
+                engine.release(slot)
+            self._idle_engines[key] = engine
+            while len(self._idle_engines) > 4:  # bounded: each engine holds a KV cache
+                self._idle_engines.pop(next(iter(self._idle_engines)))
+
+    def batch_engine(self, num_slots: int = 1, *, max_seq_len: int = 2048, max_text_tokens: int = 512,
+                     stream_audio: bool = True) -> BatchEngine:
+        """A continuous-batching engine over `num_slots` rows (see `qwen3tts_jax.engine`).
+
+        `max_seq_len` bounds prompt + generated frames per row (2048: about 2:40 of audio after
+        a 10 s reference clip); `max_text_tokens` bounds the text fed during decoding.
+        """
         return BatchEngine(self, num_slots, max_seq_len=max_seq_len, max_text_tokens=max_text_tokens,
                            stream_audio=stream_audio)
 
@@ -238,8 +258,9 @@ class Qwen3TTS:
         return spec.talker_def, weights.talker, spec.predictor_def, weights.predictor
 
 
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
+def _seq_len(max_new_frames: int) -> int:
+    """Cache length for a request of `max_new_frames`: 2048, or more in steps of 1024."""
+    return max(2048, -(-(max_new_frames + 1024) // 1024) * 1024)
 
 
 __all__ = ["GenerationRequest", "Qwen3TTS", "VoicePrompt"]
