@@ -46,8 +46,10 @@ def full_size_checkpoint(preset: str = "real-0.6b", dtype: str = "bfloat16", nat
 
 
 def converted(src: Path, dtype: str) -> Path:
+    from qwen3tts_jax.checkpoint import FORMAT_VERSION, format_version
+
     dst = CACHE / f"{src.name}-jax-{dtype}"
-    if not (dst / "qwen3tts_jax.json").exists():
+    if format_version(dst) != FORMAT_VERSION:
         from convert import convert_checkpoint
 
         convert_checkpoint(src, dst, dtype=dtype, overwrite=dst.exists())
