@@ -116,6 +116,9 @@ def spawn(a: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         h = health(url)
         if h and h.get("status") == "ok":  # loaded and warmed up (warm-up runs before "ok")
             return proc, url
+        if h and h.get("status") == "failed":
+            proc.terminate()
+            raise SystemExit(f"the model failed to load: {h.get('error')}")
         if proc.poll() is not None:
             raise SystemExit(f"server exited with {proc.returncode}; see {log.name}")
         time.sleep(0.5)

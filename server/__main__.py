@@ -90,22 +90,40 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
                         warmup=not a.no_warmup)
 
 
-async def serve_forever(server: TTSServer) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+async def serve_forever(server: TTSServer) -> int:
+    """Run until SIGTERM/SIGINT (exit status 0) or a failed model load (1), then shut down."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    status = 0
+
+    async def watch_load():
+        nonlocal status
+        if not await server.worker.loaded:
+            status = 1
+            stop.set()
+
+    watcher = loop.create_task(watch_load())
     await stop.wait()
-    logging.getLogger("qwen3tts.server").info(json.dumps({"event": "signal", "action": "shutdown"}))
+    watcher.cancel()
+    log = logging.getLogger("qwen3tts.server")
+    log.info(json.dumps({"event": "shutdown", "reason": "model failed to load" if status else "signal"}))
     await server.shutdown()
+    return status
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging(args.log_level)
     cfg = config_from_args(args)
+    if args.model is None:
+        try:
+            from convert.demo import build_demo_checkpoint  # noqa: F401
+        except ImportError as exc:
+            raise SystemExit(f"no --model given and the demo checkpoint builder is unavailable ({exc}); "
+                             "pass --model DIR or a hub id") from None
 
     def loader():
         from .backend import load_backend
@@ -113,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         return load_backend(args.model, args.dtype, cfg.batch_slots)
 
     server = TTSServer(cfg, loader, model_name=args.model or "demo (random weights)")
-    asyncio.run(serve_forever(server))
+    sys.exit(asyncio.run(serve_forever(server)))
 
 
 if __name__ == "__main__":
