@@ -63,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--auth-token-env", default=None, metavar="NAME",
                    help="name of the environment variable holding the auth token")
     p.add_argument("--max-sessions", type=int, default=d.max_sessions)
-    p.add_argument("--batch-slots", type=int, default=d.batch_slots)
+    p.add_argument("--batch-slots", type=int, default=None,
+                   help="concurrent streams on the device (default: 16 on a GPU/TPU, 4 on CPU, where "
+                        "every slot costs compute each step, busy or not)")
     p.add_argument("--max-text-chars", type=int, default=d.max_text_chars)
     p.add_argument("--max-queued", type=int, default=d.max_queued_per_session,
                    help="queued speak requests per session")
@@ -76,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def default_batch_slots() -> int:
+    import jax
+
+    return 16 if jax.default_backend() in ("gpu", "tpu") else 4
+
+
 def config_from_args(a: argparse.Namespace) -> ServerConfig:
     token = None
     if a.auth_token_env:
@@ -83,7 +91,7 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
         if not token:
             raise SystemExit(f"--auth-token-env {a.auth_token_env}: variable is unset or empty")
     return ServerConfig(host=a.host, port=a.port, voices_dir=a.voices_dir, auth_token=token,
-                        max_sessions=a.max_sessions, batch_slots=a.batch_slots,
+                        max_sessions=a.max_sessions, batch_slots=a.batch_slots or default_batch_slots(),
                         max_text_chars=a.max_text_chars, max_queued_per_session=a.max_queued,
                         request_timeout_s=a.request_timeout, max_message_bytes=a.max_message_bytes,
                         max_send_buffer_bytes=a.max_send_buffer, shutdown_grace_s=a.shutdown_grace,
