@@ -4,6 +4,8 @@
     python benchmarks/load.py --url ws://127.0.0.1:8765/api/v1/speak --clients 16 --requests 2
     # or let it start one (demo checkpoint unless --model is given) and stop it afterwards
     python benchmarks/load.py --spawn [--model DIR] [--dtype bfloat16] --batch-slots 16 --clients 16
+    # full-size timing without downloading weights (random weights, released sizes)
+    python benchmarks/load.py --spawn --random-full-size --dtype bfloat16 --max-frames 100
 
 Reports, per PROTOCOL.md: first-audio latency T1 - T0 (p50/p95/p99), inter-chunk gaps
 (p50/p95/p99/max), under-runs (a real-time player that starts at the first frame runs dry),
@@ -99,6 +101,18 @@ def health(url: str) -> dict | None:
         return None
 
 
+def random_full_size_checkpoint() -> str:
+    """A random-weight checkpoint with the released 0.6B-Base sizes, built natively (no torch,
+    no download), for timing on machines that cannot fetch the real weights."""
+    dst = REPO / ".cache" / "random-0.6b-base"
+    if not (dst / "config.json").exists():
+        import convert.demo as demo
+
+        demo.DEMO_SIZES = {k: {} for k in demo.DEMO_SIZES}  # keep the released sizes
+        demo.build_demo_checkpoint(dst)
+    return str(dst)
+
+
 def spawn(a: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -106,6 +120,8 @@ def spawn(a: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "server", "--port", str(port), "--batch-slots", str(a.batch_slots),
            "--max-sessions", str(max(64, a.clients * 2)), "--dtype", a.dtype,
            "--voices-dir", str(a.voices_dir), "--log-level", "WARNING"]
+    if a.random_full_size:
+        a.model = random_full_size_checkpoint()
     if a.model:
         cmd += ["--model", a.model]
     log = open(REPO / "benchmarks" / "results" / "load-server.log.tmp", "w")
@@ -172,6 +188,8 @@ def main() -> None:
     p.add_argument("--url", default="ws://127.0.0.1:8765/api/v1/speak")
     p.add_argument("--spawn", action="store_true", help="start `python -m server` for the run")
     p.add_argument("--model", default=None, help="with --spawn: checkpoint (default: demo)")
+    p.add_argument("--random-full-size", action="store_true",
+                   help="with --spawn: serve random weights at the released 0.6B-Base sizes (built natively)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batch-slots", type=int, default=16)
     p.add_argument("--voices-dir", type=Path, default=REPO / ".cache" / "voices")
