@@ -158,6 +158,7 @@ class VoiceStore:
         try:
             prompt = await worker.call(lambda b: self.load_or_compute(b, voice, fp))
             self._remember(key, prompt)
+            worker.warm_voice(prompt)
             fut.set_result(prompt)
             return prompt
         except BaseException as exc:
@@ -230,6 +231,7 @@ class VoiceStore:
             fp = self.fingerprint(voice)
             self._remember((voice.id, worker.backend.model_key, fp["referenceSha256"],
                             fp["transcriptSha256"]), prompt)
+            worker.warm_voice(prompt)
             log.info(json.dumps({"event": "voice_registered", "voice": voice.id,
                                  "seconds": round(len(wav) / sr, 2), "overwrite": existing is not None}))
             return voice

@@ -95,6 +95,18 @@ class DeviceWorker:
         except queue.Full:
             pass  # the worker is busy and checks the flag before every step anyway
 
+    def warm_voice(self, prompt: Any, language: str = "English") -> None:
+        """Prefill a free slot once with `prompt` and release it, so the first real request on a
+        new voice does not compile its prompt-length bucket while other streams wait."""
+        b = self.backend
+        if b is None:
+            return
+        try:
+            req = b.request_cls(text="Warm up.", voice=prompt, language=language, max_new_frames=1)
+            self._commands.put_nowait(("warm", req))
+        except Exception:  # noqa: BLE001 - warming is an optimisation only
+            pass
+
     def call(self, fn: Callable[[Backend], Any]) -> asyncio.Future:
         """Run `fn(backend)` on the worker thread between steps; the result comes back as a future."""
         fut = self._loop.create_future()
@@ -162,6 +174,7 @@ class DeviceWorker:
         free = list(range(self.num_slots))
         active: dict[int, Job] = {}
         pending = {"high": deque(), "normal": deque()}
+        warm: deque = deque(maxlen=8)
 
         def release(slot: int) -> None:
             active.pop(slot, None)
@@ -185,6 +198,8 @@ class DeviceWorker:
                     self._stopping = True
                 elif kind == "submit":
                     pending[arg.priority if arg.priority in pending else "normal"].append(arg)
+                elif kind == "warm":
+                    warm.append(arg)
                 elif kind == "call":
                     fn, fut = arg
                     try:
@@ -234,6 +249,13 @@ class DeviceWorker:
                 job.slot = slot
                 job.admitted_at = time.monotonic()
                 active[slot] = job
+            while warm and free:  # only into a slot nobody waits for
+                slot = free.pop(0)
+                try:
+                    engine.admit(slot, warm.popleft())
+                except Exception as exc:  # noqa: BLE001
+                    log.warning(json.dumps({"event": "warm_failed", "error": repr(exc)}))
+                release(slot)
             self.active = len(active)
             self.pending = len(pending["high"]) + len(pending["normal"])
             if not active:

@@ -157,10 +157,10 @@ def test_slow_client_is_disconnected(tmp_path):
 def test_event_loop_never_waits_on_the_device(tmp_path):
     """A slow device step (or prompt computation) does not delay other sessions' control traffic."""
     async def body():
-        fake = FakeTTS(step_delay=0.5)
+        fake = FakeTTS(step_delay=0.3)
         async with running_server(tmp_path, fake, batch_slots=2) as srv:
             async with Client.open(srv) as busy:
-                await busy.send(type="speak", text="slow device", maxFrames=4)
+                await busy.send(type="speak", text="slow device", maxFrames=3)
                 await asyncio.sleep(0.1)  # a step is running now
                 t0 = time.monotonic()
                 async with Client.open(srv) as other:

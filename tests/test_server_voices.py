@@ -136,3 +136,27 @@ def test_prompt_lru_is_bounded(tmp_path):
                 assert (await c.recv_json())["type"] == "voiceRegistered"
             assert len(srv.voices._lru) == 2
     arun(body())
+
+
+def test_new_voice_is_warmed_in_a_free_slot(tmp_path):
+    """A newly loaded voice prompt is prefilled once (compiling its bucket) and released."""
+    async def body():
+        async with running_server(tmp_path, batch_slots=2) as srv, Client.open(srv) as c:
+            engine = srv.fake.engines[0]
+            await c.send(type="registerVoice", voiceId="warm", audio=wav_b64(), transcript="Warm.")
+            assert (await c.recv_json())["type"] == "voiceRegistered"
+            for _ in range(100):
+                if sum(t == "Warm up." for _, t in engine.admit_log) >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert sum(t == "Warm up." for _, t in engine.admit_log) == 2  # startup + new voice
+            assert engine.active_slots() == []
+            # Both slots still work at once afterwards.
+            await c.start(voice="warm")
+            async with Client.open(srv) as d:
+                await c.send(type="speak", text="one", maxFrames=2)
+                await d.send(type="speak", text="two", maxFrames=2)
+                assert (await c.collect())[1]["type"] == "complete"
+                assert (await d.collect())[1]["type"] == "complete"
+            assert sorted({s for s, t in engine.admit_log if t in ("one", "two")}) == [0, 1]
+    arun(body())
