@@ -125,7 +125,7 @@ class DeviceWorker:
             self._commands.put(("stop", None), timeout=1.0)
         except queue.Full:
             pass
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self.state != "loading":  # a load in progress is not waited for
             self._thread.join(timeout)
 
     # -- worker thread --------------------------------------------------------------------
