@@ -71,6 +71,7 @@ class VoiceStore:
         self._locks: dict[str, asyncio.Lock] = {}
         self._hashes: dict[Path, tuple[int, int, str]] = {}
         self.prompt_computations = 0
+        self._default: str | None = None
         if builtin is not None and builtin.is_dir():
             for src in sorted(builtin.iterdir()):
                 if (src / "manifest.json").is_file() and not (self.root / src.name).exists():
@@ -112,6 +113,13 @@ class VoiceStore:
         return out
 
     def default_id(self) -> str | None:
+        """The default voice (manifest `isDefault`, preferring "default"); cached while it exists."""
+        if self._default is not None and (self.root / self._default / "manifest.json").is_file():
+            return self._default
+        self._default = self._find_default()
+        return self._default
+
+    def _find_default(self) -> str | None:
         voices = self.list()
         defaults = [v.id for v in voices if v.manifest.get("isDefault")]
         if "default" in defaults or (not defaults and any(v.id == "default" for v in voices)):
