@@ -13,40 +13,18 @@ import hashlib
 import io
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+# The real request and output types: the double fakes the model, not the contract.
+from qwen3tts_jax.engine import GenerationRequest, SlotOutput
+
 SAMPLE_RATE = 24000
 FRAME = 1920
 LANGUAGES = ["Chinese", "English", "German", "Italian", "Portuguese", "Spanish", "Japanese",
              "Korean", "French", "Russian"]
-
-
-@dataclass
-class GenerationRequest:
-    text: str
-    voice: FakeVoicePrompt
-    language: str = "English"
-    seed: int = 0
-    greedy: bool = False
-    max_new_frames: int | None = None
-    temperature: float = 0.9
-    top_k: int = 50
-    top_p: float = 1.0
-    repetition_penalty: float = 1.05
-    subtalker_temperature: float = 0.9
-    subtalker_top_k: int = 50
-    subtalker_top_p: float = 1.0
-    non_streaming_text: bool = False
-
-
-@dataclass
-class SlotOutput:
-    pcm: np.ndarray
-    finished: bool
 
 
 class FakeVoicePrompt:
@@ -130,7 +108,7 @@ class FakeBatchEngine:
             pcm = _tone(req, done * FRAME, FRAME)
             state[1] = done + 1
             finished = state[1] >= total
-            out[slot] = SlotOutput(pcm=pcm, finished=finished)
+            out[slot] = SlotOutput(pcm=pcm, codes=np.zeros((len(pcm) // FRAME, 16), np.int32), finished=finished)
             if finished:
                 del self._slots[slot]
         return out
