@@ -122,9 +122,8 @@ class BatchEngine:
         max_frames = min(r.max_new_frames or tts.default_max_new_frames, room)
         embeds = embed_layout(*tts.embed_parts(), layout, r.voice.speaker_embedding, r.voice.ref_codes,
                               min(bucket(n), self.max_seq_len))
-        trailing = np.full((self.max_text_tokens,), tts.config.tts_pad_token_id, np.int32)
-        trailing[:len(layout.trailing_ids)] = layout.trailing_ids
-        trailing_vecs = embed_text_ids(tts.embed_parts()[0], tts.embed_parts()[1], trailing)
+        trailing_vecs = embed_text_ids(tts.embed_parts()[0], tts.embed_parts()[1], layout.trailing_ids,
+                                       self.max_text_tokens)
         one = functools.partial(SamplingParams.make, 1)
         talker_p = one(r.temperature, r.top_k, r.top_p, r.greedy)
         sub_p = one(r.subtalker_temperature, r.subtalker_top_k, r.subtalker_top_p, r.greedy)

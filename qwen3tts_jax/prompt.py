@@ -151,9 +151,22 @@ def embed_layout(talker_def, talker_state, predictor_def, predictor_state, layou
                   np.asarray(speaker), codes)
 
 
-@functools.partial(jax.jit, static_argnames=("talker_def",))
-def embed_text_ids(talker_def, talker_state, ids: jax.Array) -> jax.Array:
-    """P(ids) for a padded id vector (trailing text)."""
+@functools.partial(jax.jit, static_argnames=("talker_def", "rows"))
+def _embed_text(talker_def, talker_state, ids: jax.Array, rows: int) -> jax.Array:
     from flax import nnx
 
-    return nnx.merge(talker_def, talker_state).embed_text(ids)
+    vecs = nnx.merge(talker_def, talker_state).embed_text(ids)
+    return jnp.pad(vecs, ((0, rows - ids.shape[0]), (0, 0)))
+
+
+def embed_text_ids(talker_def, talker_state, ids: np.ndarray, rows: int) -> jax.Array:
+    """P(ids) padded with zero rows to `[rows, H]` (the trailing-text buffer of a row).
+
+    Only a length bucket of ids goes through the text projection (a 2-layer MLP as wide as
+    the text embedding): projecting the whole buffer would cost more than the prefill.
+    """
+    if len(ids) > rows:
+        raise ValueError(f"{len(ids)} text ids do not fit {rows} rows")
+    padded = np.zeros((min(bucket(len(ids)), rows),), np.int32)
+    padded[:len(ids)] = ids
+    return _embed_text(talker_def, talker_state, padded, rows)
