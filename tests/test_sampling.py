@@ -45,6 +45,24 @@ def test_processors_match_transformers():
     np.testing.assert_allclose(got[finite], want[finite], rtol=1e-6)
 
 
+def test_code_predictor_warpers_match_transformers():
+    """The code predictor only warps: temperature, top-k, top-p (no penalty, no suppression)."""
+    from transformers.generation import logits_process as lp
+
+    from qwen3tts_jax.sampling import _top_k_top_p
+
+    logits = np.random.default_rng(1).standard_normal(2048).astype(np.float32) * 2
+    for temperature, top_k, top_p in [(0.9, 50, 1.0), (0.7, 10, 0.8)]:
+        procs = lp.LogitsProcessorList([lp.TemperatureLogitsWarper(temperature), lp.TopKLogitsWarper(top_k)]
+                                       + ([lp.TopPLogitsWarper(top_p)] if top_p < 1 else []))
+        want = procs(torch.zeros((1, 0), dtype=torch.long), torch.tensor(logits)[None])[0].numpy()
+        params = SamplingParams.make(1, temperature, top_k, top_p)
+        got = np.asarray(_top_k_top_p(jnp.asarray(logits)[None] / temperature, params.top_k, params.top_p))[0]
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+        finite = ~np.isinf(want)
+        np.testing.assert_allclose(got[finite], want[finite], rtol=1e-6)
+
+
 def test_eos_blocked_and_control_ids_suppressed():
     logits = jnp.zeros((2, 3072)).at[:, 2150].set(50.0).at[:, 2200].set(60.0)
     out = talker_logits_processors(logits, jnp.zeros((2, 3072), bool), jnp.ones(2), jnp.asarray([True, False]),
