@@ -102,6 +102,17 @@ def bench_jax(src, dtype: str, batches: list[int], frames: int) -> dict:
         out[f"batch_{b}"] = bench_engine(tts, voice, b, frames)
         gc.collect()
         print(dtype, b, out[f"batch_{b}"], flush=True)
+    import jax.numpy as jnp
+
+    from qwen3tts_jax import decode, prompt
+
+    # One frame step per batch size, one prefill per (prompt bucket, batch size): counted here.
+    out["compiled_executables"] = {"decode_frames": decode.decode_frames._cache_size(),
+                                   "prefill": decode.prefill._cache_size(),
+                                   "prompt_embed": prompt._embed._cache_size()}
+    cfg = tts.config.talker
+    out["kv_cache_bytes_per_frame_per_row"] = (2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
+                                               * jnp.dtype(dtype).itemsize)
     return out
 
 

@@ -176,7 +176,7 @@ def _expand_frame(spec: DecodeSpec, weights: Weights, state: RowState, keys):
     return codes, frame_embedding(talker, predictor, codes)
 
 
-def _frame(spec: DecodeSpec, weights: Weights, state: RowState):
+def _frame(spec: DecodeSpec, weights: Weights, state: RowState, attend_len: int | None):
     talker = nnx.merge(spec.talker_def, weights.talker)
     keys = jax.vmap(jax.random.fold_in)(state.key, state.step + 1)
     codes, frame_vec = _expand_frame(spec, weights, state, keys)
@@ -185,7 +185,7 @@ def _frame(spec: DecodeSpec, weights: Weights, state: RowState):
     text = jnp.where((state.step < state.trailing_len)[:, None], text, weights.tts_pad.astype(text.dtype))
     x = (frame_vec + text)[:, None].astype(state.past_hidden.dtype)
     slot = jnp.where(state.active, state.length, 0)
-    hidden, cache = talker(x, slot[:, None], state.cache, slot)
+    hidden, cache = talker(x, slot[:, None], state.cache, slot, attend_len=attend_len)
     hidden = hidden[:, 0]
     c0 = _sample_c0(spec, talker.logits(hidden), state.history, state.penalty, state.step + 1,
                     state.talker_params, jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys))
@@ -203,19 +203,32 @@ def _frame(spec: DecodeSpec, weights: Weights, state: RowState):
     return new, (codes, emitted, finished)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "frames"), donate_argnames=("state",))
-def decode_frames(spec: DecodeSpec, weights: Weights, state: RowState, frames: int = 1):
+@functools.partial(jax.jit, static_argnames=("spec", "frames", "attend_len"), donate_argnames=("state",))
+def decode_frames(spec: DecodeSpec, weights: Weights, state: RowState, frames: int = 1,
+                  attend_len: int | None = None):
     """`frames` frame steps in one device call.
 
+    `attend_len` (static) bounds the talker's attention to the first cache slots; the caller
+    guarantees every active row's last slot in this call is below it (see `attend_bucket`).
     Returns the state and `(codes [B, frames, G], made [B], finished [B])`: row b made its
     first `made[b]` frames of `codes` in this call (rows stop early at EOS or their limit),
     and `finished[b]` says its utterance ended here.
     """
     def body(s, _):
-        return _frame(spec, weights, s)
+        return _frame(spec, weights, s, attend_len)
     state, (codes, emitted, finished) = jax.lax.scan(body, state, None, length=frames)
     made = emitted.sum(axis=0).astype(jnp.int32)
     return state, (jnp.swapaxes(codes, 0, 1), made, finished.any(axis=0))
+
+
+def attend_bucket(needed: int, max_len: int, minimum: int = 128) -> int:
+    """The attention span for a step whose rows need `needed` slots: powers of two from
+    `minimum`, capped at the cache length, so a long-lived engine compiles only a few steps
+    and a short utterance never reads the whole preallocated cache."""
+    span = minimum
+    while span < needed:
+        span *= 2
+    return min(span, max_len)
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))

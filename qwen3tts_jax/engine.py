@@ -57,7 +57,13 @@ class SlotOutput:
 @dataclasses.dataclass
 class _Slot:
     request: GenerationRequest
+    prompt_len: int
     frames: int = 0
+
+    @property
+    def next_slot(self) -> int:
+        """The cache slot the row's next talker step writes (its prompt, then one per frame)."""
+        return self.prompt_len + self.frames
 
 
 def _check_request(r: GenerationRequest) -> None:
@@ -134,7 +140,19 @@ class BatchEngine:
             np.int32(max_frames))
         if self.decoder is not None:
             self.decoder.state = self.decoder.set_row(self.decoder.state, slot, self._voice_state(r.voice))
-        self._slots[slot] = _Slot(r)
+        self._slots[slot] = _Slot(r, n)
+
+    def warmup(self) -> None:
+        """Compile the frame step for every attention span this engine can reach, so a stream
+        that grows into a longer span never stalls the others on a compile. Needs no active slot."""
+        if self._slots:
+            raise RuntimeError("warm up before admitting requests")
+        span = decode.attend_bucket(1, self.max_seq_len)
+        while True:
+            self.state, _ = decode.decode_frames(self.spec, self.weights, self.state, 1, span)
+            if span >= self.max_seq_len:
+                break
+            span = decode.attend_bucket(span + 1, self.max_seq_len)
 
     def release(self, slot: int) -> None:
         """Free `slot` now; whatever it was generating is dropped."""
@@ -147,7 +165,9 @@ class BatchEngine:
         """One frame for every active slot: {slot: SlotOutput} for the slots that were active."""
         if not self._slots:
             return {}
-        self.state, (codes, made, finished) = decode.decode_frames(self.spec, self.weights, self.state, 1)
+        needed = max(s.next_slot for s in self._slots.values()) + 1
+        span = decode.attend_bucket(needed, self.max_seq_len)
+        self.state, (codes, made, finished) = decode.decode_frames(self.spec, self.weights, self.state, 1, span)
         pcm = None
         if self.decoder is not None:
             pcm, self.decoder.state = self.decoder.step(self.decoder.state, codes, made)

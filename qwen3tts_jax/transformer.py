@@ -56,7 +56,8 @@ class Attention(nnx.Module):
         if past is not None:
             k = write_rows(past[0], k, write_index)  # [B, S, K, H]
             v = write_rows(past[1], v, write_index)
-        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask, self.head_dim ** -0.5)
+        span = mask.shape[-1]  # attend only to the slots the mask covers (static)
+        out = attend(q, k[:, :span].astype(q.dtype), v[:, :span].astype(q.dtype), mask, self.head_dim ** -0.5)
         return self.o_proj(out.reshape(b, t, -1)), (k, v)
 
 
@@ -94,14 +95,18 @@ class DecoderStack(nnx.Module):
         self.head_dim, self.rope_theta = s.head_dim, s.rope_theta
 
     def __call__(self, x: jax.Array, positions: jax.Array, cache: KVCache | None = None,
-                 write_index: jax.Array | None = None, key_mask: jax.Array | None = None):
+                 write_index: jax.Array | None = None, key_mask: jax.Array | None = None,
+                 attend_len: int | None = None):
         """Run the stack over `x [B, T, D]` with RoPE `positions [B, T]`.
 
         Without a cache: causal attention over the T inputs (`key_mask [B, T]` hides padding).
         With a cache: row b's inputs go to slots `write_index[b] .. write_index[b]+T-1` and
         attend to every slot up to their own; rows are right-padded, so RoPE positions are
-        the slots themselves for real tokens. Returns `(normed hidden [B, T, D], kv)` where kv is
-        the updated cache, or without a cache the T new keys/values (what a prefill writes).
+        the slots themselves for real tokens. `attend_len` (static) limits attention to the
+        first slots of the cache when the caller knows every row's queries lie below it: the
+        step then reads only that much of the cache. Returns `(normed hidden [B, T, D], kv)`
+        where kv is the updated cache, or without a cache the T new keys/values (what a
+        prefill writes).
         """
         b, t, _ = x.shape
         cos, sin = rope_tables(positions, self.head_dim, self.rope_theta, x.dtype)
@@ -111,8 +116,9 @@ class DecoderStack(nnx.Module):
             if key_mask is not None:
                 mask &= key_mask[:, None, :].astype(bool)
         else:
+            span = cache.max_len if attend_len is None else min(attend_len, cache.max_len)
             q_slots = write_index[:, None].astype(jnp.int32) + jnp.arange(t, dtype=jnp.int32)
-            k_slots = jnp.broadcast_to(jnp.arange(cache.max_len, dtype=jnp.int32), (b, cache.max_len))
+            k_slots = jnp.broadcast_to(jnp.arange(span, dtype=jnp.int32), (b, span))
             mask = causal_mask(q_slots, k_slots)
         keys, values = [], []
         for i, layer in enumerate(self.layers):

@@ -247,6 +247,8 @@ def _bearer(headers: Headers) -> str | None:
 def _warmup(backend: Backend, prompt) -> None:
     """Run a few decode steps on slot 0 so the first request does not pay for compilation."""
     engine = backend.engine
+    if hasattr(engine, "warmup"):  # every attention span: long streams never stall on a compile
+        engine.warmup()
     req = backend.request_cls(text="Warm up.", voice=prompt, language="English", seed=0,
                               max_new_frames=4)
     engine.admit(0, req)

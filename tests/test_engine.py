@@ -87,6 +87,17 @@ def test_steady_state_never_recompiles(tts, voices):
     assert (decode.decode_frames._cache_size(), decode.prefill._cache_size()) == sizes
 
 
+def test_warmup_compiles_every_attention_span(tts, voices):
+    """After `warmup`, a stream that grows across attention-span buckets compiles nothing."""
+    engine = tts.batch_engine(1, max_seq_len=512)
+    engine.warmup()
+    before = decode.decode_frames._cache_size()
+    engine.admit(0, _request(0, voices, 200))     # ~40-row prompt + 200 frames: spans 128 and 256
+    while engine.active_slots():
+        engine.step()
+    assert decode.decode_frames._cache_size() == before
+
+
 def test_prompt_too_long_for_the_engine_is_rejected(tts, voices):
     engine = tts.batch_engine(1, max_seq_len=24, max_text_tokens=8)
     with pytest.raises(ValueError, match="positions"):
