@@ -140,29 +140,37 @@ class Qwen3TTS:
         codes = self._run(requests)
         return codes[0] if single else codes
 
-    def _run(self, requests: list[GenerationRequest]) -> list[np.ndarray]:
+    def _run(self, requests: list[GenerationRequest], audio: bool = False):
+        """All requests as one batch; codes per request, and with `audio` their streamed PCM."""
         frames: list[list[np.ndarray]] = [[] for _ in requests]
+        pcm: list[list[np.ndarray]] = [[] for _ in requests]
         max_frames = max(r.max_new_frames or 0 for r in requests)
-        with self._engine(len(requests), stream_audio=False, max_new_frames=max_frames) as engine:
+        with self._engine(len(requests), stream_audio=audio, max_new_frames=max_frames) as engine:
             for slot, r in enumerate(requests):
                 engine.admit(slot, r)
             while engine.active_slots():
                 for slot, out in engine.step().items():
                     frames[slot].append(out.codes)
+                    pcm[slot].append(out.pcm)
         groups = self.config.talker.num_code_groups
-        return [np.concatenate(f) if f else np.zeros((0, groups), np.int32) for f in frames]
+        codes = [np.concatenate(f) if f else np.zeros((0, groups), np.int32) for f in frames]
+        if not audio:
+            return codes
+        return codes, [np.concatenate(p) if p else np.zeros(0, np.float32) for p in pcm]
 
-    def synthesize(self, text, voice: VoicePrompt | list, language="auto", **kwargs):
-        """`(wav float32 [N], 24000)` for `text`, or a list of them for a list of texts.
+    def synthesize(self, text, voice: VoicePrompt | list, language="auto", *, greedy: bool = False,
+                   seed: int | list = 0, max_new_frames: int | None = None, non_streaming_text: bool = False,
+                   **sampling):
+        """`(wav float32 [N], 24000)` for `text`, or a list of them for a list of texts (one batch).
 
-        The waveform is decoded in one causal pass over `ref_codes + generated` (ICL) with the
-        reference frames cut at exactly `T_ref * 1920` samples: identical to `stream`. For the
-        reference's own offline decode (300-frame chunks) use `decode_codes`.
+        The waveform is exactly what `stream` yields for the same arguments, concatenated: the
+        streaming codec decoder run over `ref_codes + generated` (ICL), the reference frames'
+        samples cut at exactly `T_ref * 1920`. For the reference's own offline decode
+        (300-frame chunks, its float cut) use `decode_codes`.
         """
-        single = isinstance(text, str)
-        codes = self.generate_codes([text] if single else text, voice, language, **kwargs)
-        voices = voice if isinstance(voice, list | tuple) else [voice] * len(codes)
-        wavs = [self._decode_with_prefix(c, v) for c, v in zip(codes, voices, strict=True)]
+        requests, single = self._requests(text, voice, language, seed, greedy, max_new_frames,
+                                          non_streaming_text, sampling)
+        _, wavs = self._run(requests, audio=True)
         return (wavs[0], self.sample_rate) if single else [(w, self.sample_rate) for w in wavs]
 
     def stream(self, text: str, voice: VoicePrompt, language="auto", *, greedy: bool = False, seed: int = 0,
@@ -216,14 +224,6 @@ class Qwen3TTS:
             cut = int(len(ref_codes) / max(len(full), 1) * wav.shape[0])
             wav = wav[cut:]
         return np.asarray(wav, np.float32), self.sample_rate
-
-    def _decode_with_prefix(self, codes: np.ndarray, voice: VoicePrompt) -> np.ndarray:
-        prefix = 0 if voice.ref_codes is None else len(voice.ref_codes)
-        if len(codes) == 0:
-            return np.zeros(0, np.float32)
-        full = codes if prefix == 0 else np.concatenate([voice.ref_codes, codes])
-        wav = np.asarray(codec_decoder.decode(self.model.codec_decoder, full[None]))[0]
-        return np.ascontiguousarray(wav[prefix * self.samples_per_frame:], np.float32)
 
     # -- pieces shared with the engine ---------------------------------------------------------
 

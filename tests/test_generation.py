@@ -151,7 +151,14 @@ def test_stream_concatenation_equals_synthesize(setup):
         wav, sr = tts.synthesize(TEXT, voice, "English", seed=3, max_new_frames=15)
         chunks = list(tts.stream(TEXT, voice, "English", seed=3, max_new_frames=15))
         assert len(chunks) == 15 and all(len(c) == 1920 for c in chunks)
-        np.testing.assert_allclose(np.concatenate(chunks), wav, atol=1e-4)
+        np.testing.assert_array_equal(np.concatenate(chunks), wav)
+        # ...and the streaming decoder agrees with one causal pass of the codec decoder.
+        from qwen3tts_jax import codec_decoder
+
+        codes = tts.generate_codes(TEXT, voice, "English", seed=3, max_new_frames=15)
+        full = codes if voice.ref_codes is None else np.concatenate([voice.ref_codes, codes])
+        one_pass = np.asarray(codec_decoder.decode(tts.model.codec_decoder, full[None]))[0]
+        np.testing.assert_allclose(wav, one_pass[len(full) * 1920 - len(wav):], atol=1e-4)
 
 
 def test_bad_requests_fail_clearly(setup):
