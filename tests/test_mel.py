@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qwen3tts_jax.mel import MelConfig, log_mel, mel_filterbank
-from tests.helpers import rel_err
+from tests.helpers import rel_err, speech_like
 
 SR = 24000
 CFG = MelConfig()
@@ -24,13 +24,7 @@ def _reference(pcm: np.ndarray) -> np.ndarray:
 
 
 def _clip(seed: int, samples: int) -> np.ndarray:
-    """Speech-like test signal: a few harmonics plus noise, within [-1, 1]."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(samples) / SR
-    f0 = rng.uniform(90, 250)
-    x = sum(rng.uniform(0.05, 0.2) * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) for k in range(1, 6))
-    x = x * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(samples)
-    return x.astype(np.float32)
+    return speech_like(seed, samples, SR)
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -22,7 +22,7 @@ from qwen3tts_jax.speaker_encoder import (
     min_samples,
     validate_pcm,
 )
-from tests.helpers import rel_err
+from tests.helpers import rel_err, speech_like
 
 SR = 24000
 TINY = SpeakerEncoderConfig(enc_dim=48, enc_channels=(32, 32, 32, 32, 96), enc_attention_channels=16,
@@ -66,12 +66,7 @@ def _reference_embedding(ref, pcm: np.ndarray) -> np.ndarray:
 
 
 def _clip(seed: int, samples: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(samples) / SR
-    f0 = rng.uniform(90, 250)
-    x = sum(rng.uniform(0.05, 0.2) * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) for k in range(1, 6))
-    x = x * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(samples)
-    return x.astype(np.float32)
+    return speech_like(seed, samples, SR)
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2])
