@@ -18,7 +18,7 @@ from convert.rule import Rule
 from convert.table import RULES
 from qwen3tts_jax.conv import blocks_kernel_to_torch
 
-INVERSE = {"identity": lambda a: a, "linear": lambda a: a.T, "conv1d": lambda a: a.transpose(2, 1, 0),
+INVERSE = {"identity": lambda a: a, "conv1d": lambda a: a.transpose(2, 1, 0),
            "conv_transpose1d": lambda a: a.transpose(1, 2, 0),
            # codec decoder transposed convs, stored in block layout (M, I, stride, O)
            "conv_transpose1d_blocks1": blocks_kernel_to_torch,

@@ -28,8 +28,6 @@ def _permute(*axes: int):
 
 
 IDENTITY = Transform("identity", lambda a: a, lambda s: tuple(s), None)
-# torch Linear weight (out, in) -> flax kernel (in, out)
-LINEAR = Transform("linear", *_permute(1, 0), rank=2)
 # torch Conv1d weight (out, in/groups, k) -> flax kernel (k, in/groups, out)
 CONV1D = Transform("conv1d", *_permute(2, 1, 0), rank=3)
 # torch ConvTranspose1d weight (in, out/groups, k) -> (k, in, out/groups)

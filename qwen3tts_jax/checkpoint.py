@@ -16,7 +16,7 @@ from qwen3tts_jax.params import assign, flat_params, flatten, nest
 
 MANIFEST = "qwen3tts_jax.json"
 # Bumped whenever a converted parameter's layout changes; older folders must be re-converted.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclasses.dataclass

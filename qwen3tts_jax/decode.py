@@ -47,7 +47,7 @@ class DecodeSpec:
 class Weights:
     talker: nnx.State
     predictor: nnx.State
-    heads: jax.Array         # [G-1, Hc, Vp] the predictor's lm_heads, stacked for dynamic indexing
+    heads: tuple[jax.Array, ...]  # G-1 x [Vp, Hc] the predictor's lm_heads (torch layout)
     embeddings: jax.Array    # [G-1, Vp, H] its codec embeddings, stacked
     tts_pad: jax.Array       # [H] P(tts_pad)
 
@@ -76,7 +76,7 @@ class RowState:
 def make_weights(talker, predictor, tts_pad_id: int) -> tuple[nnx.GraphDef, nnx.GraphDef, Weights]:
     t_def, t_state = nnx.split(talker)
     p_def, p_state = nnx.split(predictor)
-    heads = jnp.stack([h.kernel[...] for h in predictor.lm_head])
+    heads = tuple(h.weight[...] for h in predictor.lm_head)
     embeddings = jnp.stack([e.embedding[...] for e in predictor.codec_embedding])
     tts_pad = talker.embed_text(jnp.asarray([tts_pad_id]))[0]
     return t_def, p_def, Weights(t_state, p_state, heads, embeddings, tts_pad)
@@ -156,8 +156,13 @@ def _expand_frame(spec: DecodeSpec, weights: Weights, state: RowState, keys):
     zeros = jnp.zeros((b,), jnp.int32)
     h, cache = predictor(x, jnp.broadcast_to(jnp.arange(2, dtype=jnp.int32), (b, 2)), cache, zeros)
 
+    def head_logits(head, h_last):
+        return jax.lax.dot_general(h_last, head.astype(h_last.dtype), (((1,), (1,)), ((), ()))).astype(jnp.float32)
+    # One branch per head: indexing stacked heads with the traced j would copy 8 MB per step.
+    heads = [functools.partial(head_logits, head) for head in weights.heads]
+
     def sample(j, h_last):  # codebook j+1 from lm_head[j]
-        logits = (h_last @ weights.heads[j].astype(h_last.dtype)).astype(jnp.float32)
+        logits = jax.lax.switch(j, heads, h_last)
         return draw(logits, state.predictor_params, jax.vmap(lambda k: jax.random.fold_in(k, j + 1))(keys))
 
     codes = jnp.zeros((b, g), jnp.int32).at[:, 0].set(state.last_c0)
@@ -166,7 +171,7 @@ def _expand_frame(spec: DecodeSpec, weights: Weights, state: RowState, keys):
 
     def body(j, carry):  # input E_j(c_j) at position j+1 predicts codebook j+1
         cache, codes, c = carry
-        x = jnp.take(weights.embeddings[j - 1], c, axis=0)[:, None]
+        x = weights.embeddings[j - 1, c][:, None]   # one gather; never slices the stacked tables
         pos = jnp.full((b,), j + 1, jnp.int32)
         h, cache = predictor(x, pos[:, None], cache, pos)
         c = sample(j, h[:, 0])

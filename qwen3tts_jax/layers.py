@@ -25,10 +25,27 @@ class RMSNorm(nnx.Module):
         return self.weight[...] * xf.astype(x.dtype)
 
 
-def linear(in_features: int, out_features: int, *, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    """A torch-style Linear; the converter transposes `weight (out, in)` to `kernel (in, out)`."""
-    return nnx.Linear(in_features, out_features, use_bias=bias, dtype=dtype, param_dtype=dtype,
-                      rngs=rngs)
+class Linear(nnx.Module):
+    """torch's `nn.Linear`, in torch's layout: `weight (out, in)`, `y = x @ weight.T + bias`.
+
+    The weight is not transposed to Flax's `(in, out)` kernel on purpose: XLA's CPU dot
+    contracting the weight's minor axis runs about twice as fast for 8-32 rows (a batched
+    decode step) and the same for one row (BENCHMARKS.md, "Weight layout").
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal(in_axis=1, out_axis=0)
+        self.weight = nnx.Param(init(rngs.params(), (out_features, in_features), dtype))
+        self.bias = nnx.Param(jnp.zeros((out_features,), dtype)) if bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jax.lax.dot_general(x.astype(self.dtype), self.weight[...], (((x.ndim - 1,), (1,)), ((), ())))
+        return y if self.bias is None else y + self.bias[...]
+
+
+def linear(in_features: int, out_features: int, *, bias: bool, dtype, rngs: nnx.Rngs) -> Linear:
+    return Linear(in_features, out_features, bias=bias, dtype=dtype, rngs=rngs)
 
 
 def embedding(num: int, dim: int, *, dtype, rngs: nnx.Rngs) -> nnx.Embed:
@@ -58,12 +75,36 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: flo
     """
     b, t, n, h = q.shape
     kv_heads = k.shape[2]
+    if t == 1:
+        return _attend_one_query(q, k, v, mask, scale)
     qg = q.reshape(b, t, kv_heads, n // kv_heads, h)
     scores = jnp.einsum("btkgh,bskh->bkgts", qg, k) * jnp.asarray(scale, q.dtype)
     scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
     return out.reshape(b, t, n, h)
+
+
+def _attend_one_query(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float) -> jax.Array:
+    """`attend` for one query position (a decode step), as two plain matmuls per row.
+
+    The per-head form is b x kv_heads tiny matmuls, which XLA's CPU backend runs one by one:
+    at 16 rows over 512 cached slots that cost ~0.8 s per talker step. Here each row's query
+    heads form a block-diagonal matrix `[N, K*H]`, so scores and the weighted sum are one
+    matmul each over the row's flattened keys/values; the off-diagonal blocks multiply exact
+    zeros (8x the flops, still ~2x faster: BENCHMARKS.md, "Attention").
+    """
+    b, _, n, h = q.shape
+    s, kv_heads = k.shape[1], k.shape[2]
+    g = n // kv_heads
+    eye = jnp.eye(kv_heads, dtype=q.dtype)
+    q_blocks = jnp.einsum("bkgh,kj->bkgjh", q.reshape(b, kv_heads, g, h), eye).reshape(b, n, kv_heads * h)
+    scores = jnp.einsum("bnc,bsc->bns", q_blocks, k.reshape(b, s, kv_heads * h)) * jnp.asarray(scale, q.dtype)
+    scores = jnp.where(mask, scores.astype(jnp.float32), -jnp.inf)          # mask [B, 1, S]
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    full = jnp.einsum("bns,bsc->bnc", probs, v.reshape(b, s, kv_heads * h)).reshape(b, kv_heads, g, kv_heads, h)
+    out = jnp.diagonal(full, axis1=1, axis2=3)                               # [B, g, H, K]
+    return jnp.transpose(out, (0, 3, 1, 2)).reshape(b, 1, n, h)
 
 
 def causal_mask(query_slots: jax.Array, key_slots: jax.Array, window: int | None = None) -> jax.Array:

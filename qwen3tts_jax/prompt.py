@@ -115,7 +115,7 @@ def _embed(talker_def, talker_state, predictor_def, predictor_state, text_ids, c
 
     talker = nnx.merge(talker_def, talker_state)
     predictor = nnx.merge(predictor_def, predictor_state)
-    zero = jnp.zeros((), talker.codec_head.kernel.dtype)
+    zero = jnp.zeros((), talker.codec_head.weight.dtype)
     text = jnp.where((text_ids >= 0)[:, None], talker.embed_text(jnp.maximum(text_ids, 0)), zero)
     codec = jnp.where((codec_ids >= 0)[:, None], talker.embed_codec(jnp.maximum(codec_ids, 0)), zero)
     rows = jnp.arange(text_ids.shape[0])

@@ -44,7 +44,7 @@ def test_full_size_modules_have_abstract_shapes():
     assert counts["talker"] == pytest.approx(764.22e6, rel=1e-3)
     assert counts["code_predictor"] == pytest.approx(141.57e6, rel=1e-3)
     assert counts["speaker_encoder"] == pytest.approx(8.85e6, rel=1e-2)
-    assert str(targets["talker"]["codec_head.kernel"].dtype) == "bfloat16"
+    assert str(targets["talker"]["codec_head.weight"].dtype) == "bfloat16"
     assert str(targets["codec_decoder"][next(iter(targets["codec_decoder"]))].dtype) == "float32"
 
 
@@ -67,11 +67,11 @@ def test_bfloat16_conversion_casts_the_language_model_only(tiny_checkpoint, tmp_
     hf, _ = tiny_checkpoint
     out = convert_checkpoint(hf, tmp_path / "bf16", dtype="bfloat16")
     loaded = qwen3tts_jax.load(out)
-    assert str(loaded.talker.codec_head.kernel.dtype) == "bfloat16"
-    assert str(loaded.code_predictor.lm_head[0].kernel.dtype) == "bfloat16"
+    assert str(loaded.talker.codec_head.weight.dtype) == "bfloat16"
+    assert str(loaded.code_predictor.lm_head[0].weight.dtype) == "bfloat16"
     src = SafetensorsFile(hf / "model.safetensors")
-    want = src.get("talker.codec_head.weight").T
-    np.testing.assert_array_equal(np.asarray(loaded.talker.codec_head.kernel), want.astype("bfloat16"))
+    want = src.get("talker.codec_head.weight")
+    np.testing.assert_array_equal(np.asarray(loaded.talker.codec_head.weight), want.astype("bfloat16"))
     for name in ("codec_decoder", "codec_encoder", "speaker_encoder"):
         leaves = [v for v in __import__("jax").tree.leaves(__import__("flax").nnx.state(loaded.modules[name]))]
         assert all(str(x.dtype) == "float32" for x in leaves), name

@@ -25,7 +25,7 @@ def test_hidden_states_and_logits_match_for_random_embeddings(checkpoints, refer
     ref = reference_of(hf).model.talker
     model = qwen3tts_jax.load(converted, ["talker"]).talker
     gen = torch.Generator().manual_seed(100 + seed)
-    x = torch.randn(2, 23, model.codec_head.kernel.shape[0], generator=gen)
+    x = torch.randn(2, 23, model.codec_head.weight.shape[1], generator=gen)
     with torch.no_grad():
         ref_h = ref.model(inputs_embeds=x).last_hidden_state
         ref_logits = ref.codec_head(ref_h)
@@ -38,7 +38,7 @@ def test_long_sequence(checkpoints, reference_of):
     hf, converted = checkpoints.get("tiny", 0)
     ref = reference_of(hf).model.talker
     model = qwen3tts_jax.load(converted, ["talker"]).talker
-    x = torch.randn(1, 700, model.codec_head.kernel.shape[0], generator=torch.Generator().manual_seed(7))
+    x = torch.randn(1, 700, model.codec_head.weight.shape[1], generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         ref_logits = ref.codec_head(ref.model(inputs_embeds=x).last_hidden_state)
     h, _ = model(jnp.asarray(x.numpy()), _positions(1, 700))

@@ -7,7 +7,7 @@ Transposed convs are stored in the block layout of `qwen3tts_jax.conv.blocks_ker
 `convert.export` inverts it with `blocks_kernel_to_torch`.
 """
 
-from convert.rule import CONV1D, IDENTITY, LINEAR, Ignore, Rule, Transform
+from convert.rule import CONV1D, IDENTITY, Ignore, Rule, Transform
 from qwen3tts_jax.conv import blocks_kernel_from_torch
 
 
@@ -34,7 +34,7 @@ RULES = (
          r"|decoder\.\d+\.block\.\d+\.conv[12]\.conv)\.weight", _T + r"\1.kernel", CONV1D),
     Rule(_P + r"(pre_transformer\.(?:input_proj|output_proj|layers\.\d+\.self_attn\.[qkvo]_proj"
          r"|layers\.\d+\.mlp\.(?:gate|up|down)_proj)|upsample\.\d+\.1\.pwconv[12])\.weight",
-         _T + r"\1.kernel", LINEAR),
+         _T + r"\1.weight"),
     # RMSNorm / LayerNorm weights, every bias, layer scales, ConvNeXt gamma, SnakeBeta alpha/beta.
     Rule(_P + r"(.+norm\.weight|.+\.bias|.+_layer_scale\.scale|upsample\.\d+\.1\.gamma"
          r"|.+\.(?:alpha|beta))", _T + r"\1", IDENTITY),

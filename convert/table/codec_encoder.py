@@ -8,7 +8,7 @@ it), so they are ignored. The regexes fix that split at the 12 Hz family's 1 + 1
 with other counts fails loudly in the plan (unfilled or unknown targets), never silently.
 """
 
-from convert.rule import CONV1D, IDENTITY, LINEAR, Ignore, Rule
+from convert.rule import CONV1D, IDENTITY, Ignore, Rule
 
 _P = r"speech_tokenizer\.encoder"
 _T = _P + r"\.encoder_transformer\.layers\.(\d+)"
@@ -28,7 +28,7 @@ RULES = (
     Rule(_T + r"\.(input_layernorm|post_attention_layernorm)\.bias",
          r"codec_encoder.encoder_transformer.layers.\1.\2.bias"),
     Rule(_T + r"\.(self_attn\.[qkvo]_proj|mlp\.fc[12])\.weight",
-         r"codec_encoder.encoder_transformer.layers.\1.\2.kernel", LINEAR),
+         r"codec_encoder.encoder_transformer.layers.\1.\2.weight"),
     Rule(_T + r"\.(self_attn_layer_scale|mlp_layer_scale)\.scale",
          r"codec_encoder.encoder_transformer.layers.\1.\2.scale", IDENTITY),
     # 25 Hz -> 12.5 Hz (no bias).
