@@ -9,7 +9,8 @@ Both run in this one process, one after the other, on the same checkpoint and pr
   differencing two run lengths; codec decode of those frames timed separately;
 - JAX: ms per `BatchEngine.step` (one device call for talker + 15 code-predictor steps +
   sampling, then the streaming codec decode of the new frame) at each batch size, prefill
-  (`admit`) time, and first-audio latency (admit + first step, PCM in hand).
+  (`admit`) time, and first-audio latency (admit + first step, PCM in hand); and the frame
+  step alone (`decode_frames`, no codec: the reference's unit) at attention spans 128 and 512.
 """
 
 from __future__ import annotations
@@ -88,8 +89,28 @@ def bench_engine(tts, voice, b: int, frames: int) -> dict:
     steps = timed(engine.step, frames)
     jax.block_until_ready(engine.state.length)
     step_ms = median_ms(steps)
+    generate = {span: generate_only_ms(engine, span, frames) for span in GENERATE_SPANS}
     return {"ms_per_step": step_ms, "ms_per_frame": round(step_ms / b, 2), "x_realtime": round(b * 80 / step_ms, 3),
-            "prefill_ms": median_ms(admit), "first_audio_ms": median_ms(first), "first_call_s": round(compile_s, 1)}
+            "prefill_ms": median_ms(admit), "first_audio_ms": median_ms(first), "first_call_s": round(compile_s, 1),
+            **{f"generate_ms_per_step_span_{span}": ms for span, ms in generate.items()}}
+
+
+# Attention spans timed for the frame step alone: 128 is what the short benchmark utterance
+# uses; 512 is the span of a ~30 s utterance (cost depends on the span, not on the contents).
+GENERATE_SPANS = (128, 512)
+
+
+def generate_only_ms(engine, span: int, frames: int) -> float:
+    """ms per frame step (talker + code predictor + sampling, no codec): the reference's unit."""
+    import jax
+
+    from qwen3tts_jax import decode
+
+    def one():
+        engine.state, out = decode.decode_frames(engine.spec, engine.weights, engine.state, 1, span)
+        jax.block_until_ready(out)
+    one()  # compiles this span once
+    return median_ms(timed(one, frames))
 
 
 def bench_jax(src, dtype: str, batches: list[int], frames: int) -> dict:
@@ -139,6 +160,11 @@ def main() -> None:
         ref = result["reference_float32"]["ms_per_frame"]
         result["speedup_vs_reference_batch1"] = {
             d: round(ref / result[f"jax_{d}"]["batch_1"]["ms_per_step"], 2) for d in args.dtypes}
+        # Like for like with the reference's unit (frames made, no codec), span 128.
+        result["generate_fps_vs_reference"] = {
+            d: {name: round(ref * int(name.split("_")[1]) / r["generate_ms_per_step_span_128"], 2)
+                for name, r in result[f"jax_{d}"].items() if name.startswith("batch_")}
+            for d in args.dtypes}
     write_result(args.name, result)
 
 
