@@ -30,7 +30,7 @@ class Linear(nnx.Module):
 
     The weight is not transposed to Flax's `(in, out)` kernel on purpose: XLA's CPU dot
     contracting the weight's minor axis runs about twice as fast for 8-32 rows (a batched
-    decode step) and the same for one row (BENCHMARKS.md, "Weight layout").
+    decode step) and the same for one row (BENCHMARKS.md, "What moved the numbers").
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype, rngs: nnx.Rngs):
@@ -92,7 +92,7 @@ def _attend_one_query(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
     at 16 rows over 512 cached slots that cost ~0.8 s per talker step. Here each row's query
     heads form a block-diagonal matrix `[N, K*H]`, so scores and the weighted sum are one
     matmul each over the row's flattened keys/values; the off-diagonal blocks multiply exact
-    zeros (8x the flops, still ~2x faster: BENCHMARKS.md, "Attention").
+    zeros (8x the flops, still ~2x faster: BENCHMARKS.md, "What moved the numbers").
     """
     b, _, n, h = q.shape
     s, kv_heads = k.shape[1], k.shape[2]
