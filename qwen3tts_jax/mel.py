@@ -61,25 +61,22 @@ class MelConfig:
 # --------------------------------------------------------------------------- filterbank
 
 
+# Slaney mel scale: linear below 1 kHz (200/3 Hz per mel), logarithmic above (librosa `htk=False`).
+_F_SP = 200.0 / 3
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = np.log(6.4) / 27.0
+
+
 def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
-    """Slaney mel scale: linear below 1 kHz, logarithmic above (librosa `htk=False`)."""
     freq = np.asanyarray(freq, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    mels = freq / f_sp
-    log_t = freq >= min_log_hz
-    return np.where(log_t, min_log_mel + np.log(np.maximum(freq, 1e-300) / min_log_hz) / logstep, mels)
+    log_part = _MIN_LOG_MEL + np.log(np.maximum(freq, 1e-300) / _MIN_LOG_HZ) / _LOGSTEP
+    return np.where(freq >= _MIN_LOG_HZ, log_part, freq / _F_SP)
 
 
 def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
     mels = np.asanyarray(mels, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+    return np.where(mels >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (mels - _MIN_LOG_MEL)), _F_SP * mels)
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
