@@ -16,6 +16,7 @@ Both run in this one process, one after the other, on the same checkpoint and pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import time
@@ -57,7 +58,7 @@ def bench_reference(src, frames: int) -> dict:
             "codec_decode_ms_per_frame": round(median_ms(decode) / frames, 1), "threads": os.cpu_count()}
 
 
-def bench_engine(tts, voice, b: int, frames: int) -> dict:
+def bench_engine(tts, voice, b: int, frames: int, both_loops: bool = False) -> dict:
     import jax
 
     from qwen3tts_jax import GenerationRequest
@@ -90,9 +91,40 @@ def bench_engine(tts, voice, b: int, frames: int) -> dict:
     jax.block_until_ready(engine.state.length)
     step_ms = median_ms(steps)
     generate = {span: generate_only_ms(engine, span, frames) for span in GENERATE_SPANS}
+    other = {}
+    if both_loops:  # the code predictor's other loop form (DecodeSpec.unroll_predictor), span 128
+        unroll = not engine.spec.unroll_predictor
+        spec = dataclasses.replace(engine.spec, unroll_predictor=unroll)
+        other = {f"generate_ms_per_step_span_128_{'unrolled' if unroll else 'loop'}":
+                 generate_only_ms(engine, GENERATE_SPANS[0], frames, spec)}
     return {"ms_per_step": step_ms, "ms_per_frame": round(step_ms / b, 2), "x_realtime": round(b * 80 / step_ms, 3),
             "prefill_ms": median_ms(admit), "first_audio_ms": median_ms(first), "first_call_s": round(compile_s, 1),
-            **{f"generate_ms_per_step_span_{span}": ms for span, ms in generate.items()}}
+            **{f"generate_ms_per_step_span_{span}": ms for span, ms in generate.items()}, **other}
+
+
+def device_memory() -> dict | None:
+    """The accelerator allocator's peak and current bytes (None on CPU, which keeps no stats)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats()
+    if not stats:
+        return None
+    return {k: round(stats[k] / 2**30, 3) for k in ("peak_bytes_in_use", "bytes_in_use", "bytes_limit")
+            if k in stats} | {"unit": "GiB"}
+
+
+def bench_long_batch(tts, voice, rows: int, max_seq_len: int, frames: int) -> dict:
+    """A full batch with caches of `max_seq_len` frames: does it fit, and the memory it takes."""
+    from qwen3tts_jax import GenerationRequest
+
+    engine = tts.batch_engine(rows, max_seq_len=max_seq_len)
+    request = GenerationRequest(TEXT, voice, "English", max_new_frames=10_000)
+    for slot in range(rows):
+        engine.admit(slot, request)
+    steps = timed(engine.step, frames)
+    cache = sum(x.nbytes for x in engine.state.cache.keys + engine.state.cache.values)
+    return {"rows": rows, "max_seq_len": max_seq_len, "ms_per_step": median_ms(steps[1:]),
+            "kv_cache_gib": round(cache / 2**30, 3), "device_memory": device_memory()}
 
 
 # Attention spans timed for the frame step alone: 128 is what the short benchmark utterance
@@ -100,29 +132,35 @@ def bench_engine(tts, voice, b: int, frames: int) -> dict:
 GENERATE_SPANS = (128, 512)
 
 
-def generate_only_ms(engine, span: int, frames: int) -> float:
+def generate_only_ms(engine, span: int, frames: int, spec=None) -> float:
     """ms per frame step (talker + code predictor + sampling, no codec): the reference's unit."""
     import jax
 
     from qwen3tts_jax import decode
 
+    spec = spec or engine.spec
+
     def one():
-        engine.state, out = decode.decode_frames(engine.spec, engine.weights, engine.state, 1, span)
+        engine.state, out = decode.decode_frames(spec, engine.weights, engine.state, 1, span)
         jax.block_until_ready(out)
     one()  # compiles this span once
     return median_ms(timed(one, frames))
 
 
-def bench_jax(src, dtype: str, batches: list[int], frames: int) -> dict:
+def bench_jax(src, dtype: str, batches: list[int], frames: int, both_loops: bool, long_batch: bool) -> dict:
     from qwen3tts_jax import Qwen3TTS, VoicePrompt
 
     tts = Qwen3TTS.from_pretrained(converted(src, dtype))
     voice = VoicePrompt(np.random.default_rng(0).standard_normal(tts.config.talker.hidden_size).astype(np.float32))
     out = {}
     for b in batches:
-        out[f"batch_{b}"] = bench_engine(tts, voice, b, frames)
+        out[f"batch_{b}"] = bench_engine(tts, voice, b, frames, both_loops)
         gc.collect()
         print(dtype, b, out[f"batch_{b}"], flush=True)
+    out["device_memory"] = device_memory()
+    if long_batch:
+        out["batch_16_seq_2048"] = bench_long_batch(tts, voice, 16, 2048, 4)
+        print(dtype, out["batch_16_seq_2048"], flush=True)
     import jax.numpy as jnp
 
     from qwen3tts_jax import decode, prompt
@@ -145,6 +183,10 @@ def main() -> None:
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--native", action="store_true",
                         help="build the full-size random checkpoint without torch (implies --no-reference)")
+    parser.add_argument("--both-loops", action="store_true",
+                        help="also time the code predictor's other loop form (unrolled vs fori_loop)")
+    parser.add_argument("--long-batch", action="store_true",
+                        help="also run 16 rows with 2048-frame caches and report device memory")
     parser.add_argument("--name", default="generation_cpu")
     args = parser.parse_args()
     src = full_size_checkpoint(native=args.native)
@@ -155,7 +197,7 @@ def main() -> None:
         gc.collect()
         print("reference", result["reference_float32"], flush=True)
     for dtype in args.dtypes:
-        result[f"jax_{dtype}"] = bench_jax(src, dtype, args.batch, args.frames)
+        result[f"jax_{dtype}"] = bench_jax(src, dtype, args.batch, args.frames, args.both_loops, args.long_batch)
     if "reference_float32" in result:
         ref = result["reference_float32"]["ms_per_frame"]
         result["speedup_vs_reference_batch1"] = {

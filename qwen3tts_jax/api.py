@@ -15,7 +15,7 @@ import numpy as np
 from qwen3tts_jax import codec_decoder, codec_encoder, speaker_encoder
 from qwen3tts_jax.audio import load_audio_24k
 from qwen3tts_jax.checkpoint import FORMAT_VERSION, LoadedModel, format_version, is_converted, load
-from qwen3tts_jax.decode import DecodeSpec, make_weights
+from qwen3tts_jax.decode import DecodeSpec, make_weights, unroll_predictor_default
 from qwen3tts_jax.engine import BatchEngine, GenerationRequest
 from qwen3tts_jax.prompt import PromptLayout, build_layout
 from qwen3tts_jax.text_tokenizer import TextTokenizer
@@ -249,7 +249,8 @@ class Qwen3TTS:
             t_def, p_def, weights = make_weights(self.model.talker, self.model.code_predictor,
                                                  self.config.tts_pad_token_id)
             spec = DecodeSpec(t_def, p_def, eos_id=t.codec_eos_token_id, suppress_start=t.vocab_size - 1024,
-                              min_new_tokens=2, groups=t.num_code_groups)
+                              min_new_tokens=2, groups=t.num_code_groups,
+                              unroll_predictor=unroll_predictor_default())
             self._decode_parts = (spec, weights)
         return self._decode_parts
 

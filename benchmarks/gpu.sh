@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU benchmarks in one `device` call (the lent machine is bare and lent for minutes):
+# the generation benchmark (bfloat16, batches 1/4/16, both code-predictor loop forms, 16 rows
+# of 2048-frame caches for memory), then the server load test on the same converted weights.
+#
+# Here, once: carry the wheels the device image lacks (soundfile, soxr, websockets and their
+# needs; flax/orbax as a fallback in .whl/fallback), see the device README:
+#   echo /.whl/ >> .git/info/exclude; pip download --no-deps ... -d .whl websockets soxr soundfile cffi pycparser
+# Then: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=520)
+# Results land in $OUT (log, generation_gpu.json, load.json).
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 JAX_COMPILATION_CACHE_DIR=$PWD/.cache/jax-compile
+exec > >(tee "$OUT/log") 2>&1
+start=$(date +%s)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+export PYTHONPATH=/tmp/site:$PWD
+if ! python3 -c "import flax, sys; sys.exit(tuple(map(int, flax.__version__.split('.')[:2])) < (0, 12))"; then
+    echo "image flax too old: using the carried flax/orbax"
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/fallback/*.whl
+fi
+python3 -c "import jax, flax, orbax.checkpoint as o; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+
+timeout "${GEN_TIMEOUT:-300}" python3 benchmarks/generation.py --native --frames 32 --batch ${BATCHES:-1 16 4} \
+    --dtypes ${DTYPES:-bfloat16} --both-loops --long-batch --name generation_gpu
+cp benchmarks/results/generation_gpu.json "$OUT/" 2>/dev/null
+echo "generation done at +$(( $(date +%s) - start )) s"
+
+timeout "${LOAD_TIMEOUT:-180}" python3 benchmarks/load.py --spawn --model .cache/real-0.6b-native-hf-jax-bfloat16 \
+    --dtype bfloat16 --batch-slots 16 --clients 16 --requests 2 --max-frames 100 --load-timeout 150 \
+    --tag gpu-0.6b-bf16-16 --out "$OUT/load.json"
+cp benchmarks/results/load-server.log.tmp "$OUT/server.log" 2>/dev/null
+echo "all done at +$(( $(date +%s) - start )) s"
