@@ -6,8 +6,10 @@
 # Here, once: carry the wheels the device image lacks (soundfile, soxr, websockets and their
 # needs; flax/orbax as a fallback in .whl/fallback), see the device README:
 #   echo /.whl/ >> .git/info/exclude; pip download --no-deps ... -d .whl websockets soxr soundfile cffi pycparser
-# Then: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=520)
-# Results land in $OUT (log, generation_gpu.json, load.json).
+# Then: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=600)
+# Results land in $OUT (log, generation_gpu.json, memory.json, load.json). On an H100 it took about
+# 300 s for generation, 20 s for memory and 45 s for the load test (whose server warm-up compiles
+# every span: it missed a 150 s ready limit without the compilation cache, then took 40 s with it).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
@@ -29,8 +31,12 @@ timeout "${GEN_TIMEOUT:-300}" python3 benchmarks/generation.py --native --frames
 cp benchmarks/results/generation_gpu.json "$OUT/" 2>/dev/null
 echo "generation done at +$(( $(date +%s) - start )) s"
 
-timeout "${LOAD_TIMEOUT:-180}" python3 benchmarks/load.py --spawn --model .cache/real-0.6b-native-hf-jax-bfloat16 \
-    --dtype bfloat16 --batch-slots 16 --clients 16 --requests 2 --max-frames 100 --load-timeout 150 \
+# The memory target in a fresh process: the generation run's peak includes building the checkpoint.
+timeout 150 python3 benchmarks/memory.py .cache/real-0.6b-native-hf-jax-bfloat16 --rows 16 --max-seq-len 2048 \
+    | tee "$OUT/memory.json"
+
+timeout "${LOAD_TIMEOUT:-320}" python3 benchmarks/load.py --spawn --model .cache/real-0.6b-native-hf-jax-bfloat16 \
+    --dtype bfloat16 --batch-slots 16 --clients 16 --requests 2 --max-frames 100 --load-timeout 270 \
     --tag gpu-0.6b-bf16-16 --out "$OUT/load.json"
 cp benchmarks/results/load-server.log.tmp "$OUT/server.log" 2>/dev/null
 echo "all done at +$(( $(date +%s) - start )) s"
