@@ -176,7 +176,9 @@ def _expand_frame(spec: DecodeSpec, weights: Weights, state: RowState, keys):
 
     def body(j, carry):  # input E_j(c_j) at position j+1 predicts codebook j+1
         cache, codes, c = carry
-        x = weights.embeddings[j - 1, c][:, None]   # one gather; never slices the stacked tables
+        # One gather with an index per row, whether j is traced or a Python int: a static
+        # `embeddings[j - 1]` would copy the 8 MB table out of the stack first.
+        x = weights.embeddings[jnp.full_like(c, j - 1), c][:, None]
         pos = jnp.full((b,), j + 1, jnp.int32)
         h, cache = predictor(x, pos[:, None], cache, pos)
         c = sample(j, h[:, 0])

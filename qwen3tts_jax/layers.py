@@ -7,6 +7,8 @@ attention softmax runs in float32 and is cast back to the query dtype.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -40,8 +42,31 @@ class Linear(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jax.lax.dot_general(x.astype(self.dtype), self.weight[...], (((x.ndim - 1,), (1,)), ((), ())))
+        x, w = x.astype(self.dtype), self.weight[...]
+        rows = math.prod(x.shape[:-1])
+        if COLUMN_DOT_ROWS[0] <= rows <= COLUMN_DOT_ROWS[1] and jax.default_backend() == "cpu":
+            y = _rows_as_columns_dot(x, w)
+        else:
+            y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
         return y if self.bias is None else y + self.bias[...]
+
+
+# Row counts for which `Linear` multiplies `weight @ x.T` on XLA's CPU backend (see below).
+COLUMN_DOT_ROWS = (2, 256)
+
+
+def _rows_as_columns_dot(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x @ w.T` computed as `(w @ x.T).T`, for a few rows on XLA's CPU backend.
+
+    XLA's CPU dot with the weight on the left and the rows as columns runs about a third faster
+    for 4-128 rows (24 chained [3072 x 1024] float32 weights, 16 rows: 38 -> 25 ms; 1 row takes
+    the matrix-vector path either way; equal from ~512 rows). XLA folds plain transposes back
+    into the usual dot, so optimization barriers pin them: they copy only the activations.
+    """
+    flat = x.reshape(-1, x.shape[-1])
+    xt = jax.lax.optimization_barrier(flat.T)
+    yt = jax.lax.optimization_barrier(jax.lax.dot_general(w, xt, (((1,), (0,)), ((), ()))))
+    return yt.T.reshape(*x.shape[:-1], w.shape[0])
 
 
 def linear(in_features: int, out_features: int, *, bias: bool, dtype, rngs: nnx.Rngs) -> Linear:

@@ -1,10 +1,13 @@
-"""The one-query attention path (decode steps) equals the general grouped-query path."""
+"""CPU fast paths equal the plain computation: one-query attention (decode steps) and the
+rows-as-columns Linear dot (a few rows)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from qwen3tts_jax import layers
 from qwen3tts_jax.layers import attend
 
 
@@ -25,3 +28,23 @@ def test_one_query_attention_equals_the_general_path(kv_heads, seed):
     # Masked slots are invisible: changing their values changes nothing.
     v2 = jnp.where(mask[:, 0, :, None, None], v, 1e3)
     np.testing.assert_allclose(attend(q, k, v2, mask, h ** -0.5), one, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 96), (2, 1, 96), (16, 1, 96), (3, 5, 96), (1, 300, 96)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_rows_as_columns_equals_the_plain_dot(shape, bias):
+    """Whatever path `Linear` takes for this many rows, it computes `x @ W.T + b` (float64 numpy)."""
+    lin = layers.Linear(96, 40, bias=bias, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    if bias:
+        lin.bias[...] = jax.random.normal(jax.random.key(1), (40,))
+    x = jax.random.normal(jax.random.key(2), shape)
+    want = np.asarray(x, np.float64) @ np.asarray(lin.weight[...], np.float64).T
+    if bias:
+        want = want + np.asarray(lin.bias[...], np.float64)
+    got = jax.jit(lambda x: lin(x))(x)
+    assert got.shape == (*shape[:-1], 40)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+    rows = int(np.prod(shape[:-1]))
+    uses_columns = layers.COLUMN_DOT_ROWS[0] <= rows <= layers.COLUMN_DOT_ROWS[1]
+    text = jax.jit(lambda x: lin(x)).lower(x).as_text()
+    assert ("optimization_barrier" in text) == (uses_columns and jax.default_backend() == "cpu")
