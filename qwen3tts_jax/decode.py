@@ -2,7 +2,8 @@
 
 A frame step, for every row of the batch at once:
   1. the code predictor expands the row's last c0 into codebooks 1..15 (its 15 sequential
-     samples in a `fori_loop`, over its own 16-slot cache that starts empty every frame);
+     samples in a `fori_loop`, or unrolled on accelerators, over its own 16-slot cache that
+     starts empty every frame);
   2. the talker takes one position: the frame's summed 16-codebook embedding plus the row's
      next trailing-text vector (tts_pad once the text is used up), written in place into the
      preallocated `[B, S_max, kv_heads, head_dim]` cache at the row's own slot;
