@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from qwen3tts_jax.kv_cache import KVCache
+from qwen3tts_jax.layers import dot_weight
 from qwen3tts_jax.prompt import frame_embedding
 from qwen3tts_jax.sampling import SamplingParams, draw, talker_logits_processors
 
@@ -164,7 +165,7 @@ def _expand_frame(spec: DecodeSpec, weights: Weights, state: RowState, keys):
     h, cache = predictor(x, jnp.broadcast_to(jnp.arange(2, dtype=jnp.int32), (b, 2)), cache, zeros)
 
     def head_logits(head, h_last):
-        return jax.lax.dot_general(h_last, head.astype(h_last.dtype), (((1,), (1,)), ((), ()))).astype(jnp.float32)
+        return dot_weight(h_last, head.astype(h_last.dtype)).astype(jnp.float32)
     # One branch per head: indexing stacked heads with the traced j would copy 8 MB per step.
     heads = [functools.partial(head_logits, head) for head in weights.heads]
 

@@ -42,13 +42,17 @@ class Linear(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x, w = x.astype(self.dtype), self.weight[...]
-        rows = math.prod(x.shape[:-1])
-        if COLUMN_DOT_ROWS[0] <= rows <= COLUMN_DOT_ROWS[1] and jax.default_backend() == "cpu":
-            y = _rows_as_columns_dot(x, w)
-        else:
-            y = jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
+        y = dot_weight(x.astype(self.dtype), self.weight[...])
         return y if self.bias is None else y + self.bias[...]
+
+
+def dot_weight(x: jax.Array, w: jax.Array) -> jax.Array:
+    """`x [..., in] @ w.T` for a torch-layout weight `w (out, in)`, in the fastest form XLA has
+    for this many rows (every Linear and the code predictor's heads go through here)."""
+    rows = math.prod(x.shape[:-1])
+    if COLUMN_DOT_ROWS[0] <= rows <= COLUMN_DOT_ROWS[1] and jax.default_backend() == "cpu":
+        return _rows_as_columns_dot(x, w)
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
 
 
 # Row counts for which `Linear` multiplies `weight @ x.T` on XLA's CPU backend (see below).
