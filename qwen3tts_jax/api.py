@@ -12,10 +12,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from qwen3tts_jax import codec_decoder, codec_encoder, speaker_encoder
+from qwen3tts_jax import codec_decoder, codec_encoder, kernels, speaker_encoder
 from qwen3tts_jax.audio import load_audio_24k
 from qwen3tts_jax.checkpoint import FORMAT_VERSION, LoadedModel, format_version, is_converted, load
-from qwen3tts_jax.decode import DecodeSpec, make_weights, unroll_predictor_default
+from qwen3tts_jax.decode import DecodeSpec, make_weights, pack_weights, unroll_predictor_default
 from qwen3tts_jax.engine import BatchEngine, GenerationRequest
 from qwen3tts_jax.prompt import PromptLayout, build_layout
 from qwen3tts_jax.text_tokenizer import TextTokenizer
@@ -57,6 +57,7 @@ class Qwen3TTS:
         # The reference stops at max_new_tokens (8192 released) sampled tokens = 8191 frames.
         self.default_max_new_frames = int(gen.get("max_new_tokens", 2048)) - 1
         self._decode_parts = None
+        self._packed_weights = None
         self._idle_engines: dict[tuple, BatchEngine] = {}
 
     # -- loading ----------------------------------------------------------------------------
@@ -242,8 +243,18 @@ class Qwen3TTS:
                             num_ref_frames=None if voice.ref_codes is None else len(voice.ref_codes),
                             non_streaming_text=non_streaming_text)
 
-    def decode_parts(self):
-        """(DecodeSpec, Weights) for the jitted decode step, built once."""
+    def decode_parts(self, rows: int | None = None):
+        """(DecodeSpec, Weights) for the jitted decode step, built once.
+
+        `rows`: the batch the weights serve. Up to `PACKED_MAX_ROWS` rows, a float32 model on
+        CPU gets its bfloat16-valued matrices packed for the CPU kernel (`decode.pack_weights`,
+        kept beside the float32 ones).
+        """
+        if rows is not None and rows <= PACKED_MAX_ROWS and self._packable():
+            if self._packed_weights is None:
+                spec, weights = self.decode_parts()
+                self._packed_weights = pack_weights(weights)
+            return self.decode_parts()[0], self._packed_weights
         if self._decode_parts is None:
             t = self.config.talker
             t_def, p_def, weights = make_weights(self.model.talker, self.model.code_predictor,
@@ -254,9 +265,16 @@ class Qwen3TTS:
             self._decode_parts = (spec, weights)
         return self._decode_parts
 
+    def _packable(self) -> bool:
+        return self.dtype == np.float32 and jax.default_backend() == "cpu" and kernels.available()
+
     def embed_parts(self):
         spec, weights = self.decode_parts()
         return spec.talker_def, weights.talker, spec.predictor_def, weights.predictor
+
+
+# Engines of up to this many rows decode with packed bfloat16 weights on CPU (see decode_parts).
+PACKED_MAX_ROWS = 4
 
 
 def _seq_len(max_new_frames: int) -> int:

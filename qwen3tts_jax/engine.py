@@ -93,7 +93,7 @@ class BatchEngine:
         self.max_seq_len = max_seq_len
         self.max_text_tokens = max_text_tokens
         self.sample_rate = tts.sample_rate
-        self.spec, self.weights = tts.decode_parts()
+        self.spec, self.weights = tts.decode_parts(num_slots)
         cfg = tts.config.talker
         self.state = decode.empty_state(num_slots, max_seq_len, max_text_tokens, cfg, tts.dtype)
         self.stream_audio = stream_audio

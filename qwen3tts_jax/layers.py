@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from qwen3tts_jax import kernels
+
 
 class RMSNorm(nnx.Module):
     """`w * (x_f32 * rsqrt(mean(x_f32^2) + eps)).astype(x.dtype)`; the param mirrors torch's `weight`."""
@@ -49,6 +51,8 @@ class Linear(nnx.Module):
 def dot_weight(x: jax.Array, w: jax.Array) -> jax.Array:
     """`x [..., in] @ w.T` for a torch-layout weight `w (out, in)`, in the fastest form XLA has
     for this many rows (every Linear and the code predictor's heads go through here)."""
+    if w.dtype == jnp.bfloat16 and x.dtype == jnp.float32:  # packed by `pack_linear_weights`
+        return kernels.bf16_matmul(x, w)
     rows = math.prod(x.shape[:-1])
     if COLUMN_DOT_ROWS[0] <= rows <= COLUMN_DOT_ROWS[1] and jax.default_backend() == "cpu":
         return _rows_as_columns_dot(x, w)
@@ -71,6 +75,29 @@ def _rows_as_columns_dot(x: jax.Array, w: jax.Array) -> jax.Array:
     xt = jax.lax.optimization_barrier(flat.T)
     yt = jax.lax.optimization_barrier(jax.lax.dot_general(w, xt, (((1,), (0,)), ((), ()))))
     return yt.T.reshape(*x.shape[:-1], w.shape[0])
+
+
+def bf16_if_exact(w: jax.Array) -> jax.Array:
+    """`w` as bfloat16 when every value of the float32 matrix is a bfloat16 value, else `w`.
+
+    Lossless storage for `kernels.bf16_matmul`: a released checkpoint's weights are bfloat16,
+    so a float32 model holds them exactly, and `dot_weight` then reads half the bytes while
+    the activations and arithmetic stay float32.
+    """
+    if w.dtype != jnp.float32 or w.ndim != 2:
+        return w
+    w16 = w.astype(jnp.bfloat16)
+    return w16 if bool(jnp.array_equal(w16.astype(jnp.float32), w)) else w
+
+
+def pack_linear_weights(state):
+    """`bf16_if_exact` on every `Linear` weight of an `nnx.State` (a new state; norms, biases
+    and embeddings stay as they are)."""
+    def pack(path, leaf):
+        names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        names = [n for n in names if n != "value"]
+        return bf16_if_exact(leaf) if names and names[-1] == "weight" else leaf
+    return jax.tree_util.tree_map_with_path(pack, state)
 
 
 def linear(in_features: int, out_features: int, *, bias: bool, dtype, rngs: nnx.Rngs) -> Linear:

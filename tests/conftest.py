@@ -27,14 +27,17 @@ class Checkpoints:
         self.root = root
         self._built: dict[tuple[str, int], tuple[Path, Path]] = {}
 
-    def get(self, preset: str = "tiny", seed: int = 0) -> tuple[Path, Path]:
-        key = (preset, seed)
+    def get(self, preset: str = "tiny", seed: int = 0, saved_as: str = "float32") -> tuple[Path, Path]:
+        """`saved_as="bfloat16"` writes the main weights in bfloat16, as the released checkpoints
+        are; the converted folder is float32 either way."""
+        key = (preset, seed, saved_as)
         if key not in self._built:
             from convert import convert_checkpoint
             from tests.reference.checkpoints import build_checkpoint
 
-            hf = build_checkpoint(self.root / f"{preset}-{seed}-hf", preset, seed)
-            out = convert_checkpoint(hf, self.root / f"{preset}-{seed}-jax", dtype="float32")
+            name = f"{preset}-{seed}" + ("" if saved_as == "float32" else f"-{saved_as}")
+            hf = build_checkpoint(self.root / f"{name}-hf", preset, seed, dtype=saved_as)
+            out = convert_checkpoint(hf, self.root / f"{name}-jax", dtype="float32")
             self._built[key] = (hf, out)
         return self._built[key]
 

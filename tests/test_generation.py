@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from qwen3tts_jax import Qwen3TTS, VoicePrompt
 
@@ -87,6 +89,30 @@ def test_long_greedy_run_and_waveform_match(setup):
     assert sr == 24000 and wav.shape == ref_wavs[0].shape
     from tests.helpers import rel_err
     assert rel_err(wav, ref_wavs[0]) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def released_format(checkpoints, reference_of, clip):
+    """A checkpoint saved in bfloat16 like the released ones: the float32 model packs its
+    weights back to bfloat16 (losslessly) and multiplies them with the CPU kernel."""
+    hf, converted = checkpoints.get("tiny", 2, saved_as="bfloat16")
+    tts = Qwen3TTS.from_pretrained(converted)
+    icl = tts.create_voice_prompt((clip, 24000), ref_text="Okay. Yeah.")
+    return tts, Reference(reference_of(hf)), icl
+
+
+@pytest.mark.parametrize("mode", ["icl", "xvector"])
+def test_greedy_codes_equal_the_reference_with_packed_weights(released_format, mode):
+    tts, ref, icl = released_format
+    voice = icl if mode == "icl" else VoicePrompt(icl.speaker_embedding)
+    ref_codes, _ = ref.clone(TEXT * 2, voice, "English", 60)
+    ours = tts.generate_codes(TEXT * 2, voice, "English", greedy=True, max_new_frames=60)
+    spec, packed = tts.decode_parts(rows=1)  # what a one-row engine decodes with
+    talker = nnx.merge(spec.talker_def, packed.talker)
+    assert talker.codec_head.weight[...].dtype == talker.layers[0].mlp.up_proj.weight[...].dtype == jnp.bfloat16
+    assert packed.heads[0].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(ours, ref_codes[0])
+    assert len(ours) >= 2
 
 
 def test_reference_builds_its_own_prompt_from_the_audio(setup, clip):
