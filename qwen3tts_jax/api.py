@@ -251,10 +251,10 @@ class Qwen3TTS:
         kept beside the float32 ones).
         """
         if rows is not None and rows <= PACKED_MAX_ROWS and self._packable():
+            spec, weights = self.decode_parts()
             if self._packed_weights is None:
-                spec, weights = self.decode_parts()
                 self._packed_weights = pack_weights(weights)
-            return self.decode_parts()[0], self._packed_weights
+            return spec, self._packed_weights
         if self._decode_parts is None:
             t = self.config.talker
             t_def, p_def, weights = make_weights(self.model.talker, self.model.code_predictor,
