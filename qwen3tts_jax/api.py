@@ -17,6 +17,7 @@ from qwen3tts_jax.audio import load_audio_24k
 from qwen3tts_jax.checkpoint import FORMAT_VERSION, LoadedModel, format_version, is_converted, load
 from qwen3tts_jax.decode import DecodeSpec, make_weights, pack_weights, unroll_predictor_default
 from qwen3tts_jax.engine import BatchEngine, GenerationRequest
+from qwen3tts_jax.paths import default_cache_dir
 from qwen3tts_jax.prompt import PromptLayout, build_layout
 from qwen3tts_jax.text_tokenizer import TextTokenizer
 from qwen3tts_jax.voice import VoicePrompt
@@ -25,10 +26,6 @@ from qwen3tts_jax.voice import VoicePrompt
 # (the reference's hard defaults; a checkpoint's generation_config.json overrides them).
 SAMPLING_DEFAULTS = dict(temperature=0.9, top_k=50, top_p=1.0, repetition_penalty=1.05,
                          subtalker_temperature=0.9, subtalker_top_k=50, subtalker_top_p=1.0)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("QWEN3TTS_JAX_CACHE", Path.home() / ".cache" / "qwen3tts_jax"))
 
 
 class Qwen3TTS:

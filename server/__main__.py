@@ -137,7 +137,7 @@ def enable_compile_cache(path: str | None) -> Path | None:
         jax.config.update("jax_enable_compilation_cache", False)
         return None
 
-    from qwen3tts_jax.api import default_cache_dir
+    from qwen3tts_jax.paths import default_cache_dir
 
     where = Path(path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir() / "xla")
     where.mkdir(parents=True, exist_ok=True)

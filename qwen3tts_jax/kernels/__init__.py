@@ -24,15 +24,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from qwen3tts_jax.paths import default_cache_dir
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("bf16_matmul.cc")
 TARGET = "qwen3tts_bf16_matmul"
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("QWEN3TTS_JAX_CACHE") or Path.home() / ".cache" / "qwen3tts_jax"
-    return Path(root) / "kernels"
 
 
 def _cpu_identity() -> str:
@@ -74,7 +71,7 @@ def available() -> bool:
         import jaxlib
 
         key = hashlib.sha256(SOURCE.read_bytes() + jaxlib.__version__.encode() + _cpu_identity().encode())
-        lib_path = _cache_dir() / f"bf16_matmul-{key.hexdigest()[:16]}.so"
+        lib_path = default_cache_dir() / "kernels" / f"bf16_matmul-{key.hexdigest()[:16]}.so"
         if not lib_path.exists():
             _compile(lib_path)
         lib = ctypes.cdll.LoadLibrary(str(lib_path))
