@@ -29,11 +29,11 @@ PORT ?= 8765
 TEXT ?= Hello! This sentence was streamed through the qwen3tts-jax server.
 SERVE_ARGS ?=
 serve: $(VENV)/.runtime
-	@$(PY) -m server --port $(PORT) $(SERVE_ARGS) & pid=$$!; \
+	@$(PY) -m qwen3tts_jax.server --port $(PORT) $(SERVE_ARGS) & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid' INT TERM; \
 	$(PY) -c "import sys, time, urllib.request as u; t = time.time() + 1800; \
 	exec('while time.time() < t:\n try:\n  u.urlopen(\"http://127.0.0.1:$(PORT)/healthz\", timeout=5); sys.exit(0)\n except Exception:\n  time.sleep(1)'); sys.exit(1)" \
-	&& $(PY) -m server.client --url ws://127.0.0.1:$(PORT)/api/v1/speak --text "$(TEXT)" --out demo.wav \
+	&& $(PY) -m qwen3tts_jax.server.client --url ws://127.0.0.1:$(PORT)/api/v1/speak --text "$(TEXT)" --out demo.wav \
 	&& echo "wrote demo.wav through the server; still serving ws://127.0.0.1:$(PORT)/api/v1/speak (Ctrl-C stops it)"; \
 	wait $$pid
 

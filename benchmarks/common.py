@@ -29,7 +29,7 @@ def full_size_checkpoint(preset: str = "real-0.6b", dtype: str = "bfloat16", nat
     backwards through the conversion table): for machines without the reference installed.
     """
     if native:
-        from convert.demo import build_random_checkpoint, released_configs
+        from qwen3tts_jax.convert.demo import build_random_checkpoint, released_configs
 
         path = CACHE / "real-0.6b-native-hf"
         if not (path / "model.safetensors").exists():
@@ -50,7 +50,7 @@ def converted(src: Path, dtype: str) -> Path:
 
     dst = CACHE / f"{src.name}-jax-{dtype}"
     if format_version(dst) != FORMAT_VERSION:
-        from convert import convert_checkpoint
+        from qwen3tts_jax.convert import convert_checkpoint
 
         convert_checkpoint(src, dst, dtype=dtype, overwrite=dst.exists())
     return dst

@@ -1,4 +1,4 @@
-"""Peak memory and time of `python -m convert` on the full-size 0.6B-Base checkpoint.
+"""Peak memory and time of `python -m qwen3tts_jax.convert` on the full-size 0.6B-Base checkpoint.
 
     python benchmarks/convert_memory.py [--dtype bfloat16]
 
@@ -27,14 +27,14 @@ def main() -> None:
     dst = CACHE / "convert-memory-out"
     shutil.rmtree(dst, ignore_errors=True)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "convert", str(src), str(dst), "--dtype", args.dtype, "--quiet"],
+    subprocess.run([sys.executable, "-m", "qwen3tts_jax.convert", str(src), str(dst), "--dtype", args.dtype, "--quiet"],
                    check=True, cwd=REPO)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     out = sum(p.stat().st_size for p in dst.rglob("*") if p.is_file())
     shutil.rmtree(dst, ignore_errors=True)
     write_result(f"convert_memory_{args.dtype}", {
-        "command": f"python -m convert <real-0.6b bf16 folder> DST --dtype {args.dtype}",
+        "command": f"python -m qwen3tts_jax.convert <real-0.6b bf16 folder> DST --dtype {args.dtype}",
         "source_weights_gb": round(weights / 1e9, 3), "output_gb": round(out / 1e9, 3),
         "peak_rss_gb": round(peak / 1e9, 3), "peak_over_source": round(peak / weights, 2),
         "seconds": round(seconds, 1)})

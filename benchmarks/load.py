@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from server.client import ServerError, open_session, speak  # noqa: E402
+from qwen3tts_jax.server.client import ServerError, open_session, speak  # noqa: E402
 
 TEXTS = [
     "Hello! How can I help you today?",
@@ -106,7 +106,7 @@ def random_full_size_checkpoint() -> str:
     no download), for timing on machines that cannot fetch the real weights."""
     dst = REPO / ".cache" / "random-0.6b-base"
     if not (dst / "config.json").exists():
-        import convert.demo as demo
+        import qwen3tts_jax.convert.demo as demo
 
         demo.DEMO_SIZES = {k: {} for k in demo.DEMO_SIZES}  # keep the released sizes
         demo.build_demo_checkpoint(dst)
@@ -117,7 +117,7 @@ def spawn(a: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "server", "--port", str(port), "--batch-slots", str(a.batch_slots),
+    cmd = [sys.executable, "-m", "qwen3tts_jax.server", "--port", str(port), "--batch-slots", str(a.batch_slots),
            "--max-sessions", str(max(64, a.clients * 2)), "--dtype", a.dtype,
            "--voices-dir", str(a.voices_dir), "--log-level", "WARNING"]
     if a.random_full_size:
@@ -186,7 +186,7 @@ async def run(a: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default="ws://127.0.0.1:8765/api/v1/speak")
-    p.add_argument("--spawn", action="store_true", help="start `python -m server` for the run")
+    p.add_argument("--spawn", action="store_true", help="start `python -m qwen3tts_jax.server` for the run")
     p.add_argument("--model", default=None, help="with --spawn: checkpoint (default: demo)")
     p.add_argument("--random-full-size", action="store_true",
                    help="with --spawn: serve random weights at the released 0.6B-Base sizes (built natively)")

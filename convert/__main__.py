@@ -1,4 +1,4 @@
-"""`python -m convert SRC DST [--dtype bfloat16|float32] [--overwrite]`."""
+"""`python -m qwen3tts_jax.convert SRC DST [--dtype bfloat16|float32] [--overwrite]`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m convert",
+        prog="python -m qwen3tts_jax.convert",
         description="Convert an official Qwen3-TTS 12 Hz checkpoint (local folder or hub id) "
                     "into Flax parameters for qwen3tts_jax.")
     parser.add_argument("src", help="checkpoint folder, or a hub id such as Qwen/Qwen3-TTS-12Hz-0.6B-Base")
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    from convert.engine import ConversionError, convert_checkpoint
+    from qwen3tts_jax.convert.converter import ConversionError, convert_checkpoint
     start = time.perf_counter()
     try:
         out = convert_checkpoint(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite,

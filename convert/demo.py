@@ -16,10 +16,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
-from convert.assets import BASE_06B
-from convert.export import to_source_tensors
-from convert.safetensors_reader import write_safetensors
+from qwen3tts_jax.convert.assets import BASE_06B
+from qwen3tts_jax.convert.export import to_source_tensors
+from qwen3tts_jax.convert.safetensors_reader import write_safetensors
 
 DEMO_SIZES = {
     "talker": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,

@@ -12,10 +12,10 @@ import functools
 import re
 
 import numpy as np
+from qwen3tts_jax.convert.converter import _match
+from qwen3tts_jax.convert.rule import Rule
+from qwen3tts_jax.convert.table import RULES
 
-from convert.engine import _match
-from convert.rule import Rule
-from convert.table import RULES
 from qwen3tts_jax.conv import blocks_kernel_to_torch
 
 INVERSE = {"identity": lambda a: a, "conv1d": lambda a: a.transpose(2, 1, 0),

@@ -79,5 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def synthesize_main(argv: list[str] | None = None) -> int:
+    """The `qwen3tts-synthesize` console script: `python -m qwen3tts_jax synthesize ...`."""
+    return main(["synthesize", *(sys.argv[1:] if argv is None else argv)])
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -75,8 +75,8 @@ class Qwen3TTS:
         path = Path(path_or_hub_id).expanduser()
         if path.is_dir() and is_converted(path):
             return cls(load(path))
-        from convert import convert_checkpoint
-        from convert.engine import resolve_source
+        from qwen3tts_jax.convert import convert_checkpoint
+        from qwen3tts_jax.convert.converter import resolve_source
 
         source = resolve_source(path_or_hub_id)
         key = hashlib.sha256(f"{source.resolve()}|{dtype}".encode()).hexdigest()[:16]

@@ -46,7 +46,7 @@ def format_version(path: str | Path) -> int | None:
 
 
 def load(path: str | Path, names: list[str] | None = None) -> LoadedModel:
-    """Load the converted folder at `path` (written by `python -m convert`).
+    """Load the converted folder at `path` (written by `python -m qwen3tts_jax.convert`).
 
     `names` limits which components are loaded (default: all that were converted).
     """
@@ -56,7 +56,7 @@ def load(path: str | Path, names: list[str] | None = None) -> LoadedModel:
     if not is_converted(path):
         raise FileNotFoundError(
             f"{path} is not a converted qwen3tts_jax checkpoint (no {MANIFEST}); "
-            "convert it with `python -m convert SRC DST` or use Qwen3TTS.from_pretrained")
+            "convert it with `python -m qwen3tts_jax.convert SRC DST` or use Qwen3TTS.from_pretrained")
     manifest = json.loads((path / MANIFEST).read_text())
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""`python -m server`: the streaming /api/v1/speak server.
+"""`python -m qwen3tts_jax.server`: the streaming /api/v1/speak server.
 
 With no --model it builds (once) and serves a small random-weight demo checkpoint: the
 protocol works end to end, but the audio is not speech until real weights are given.
@@ -50,7 +50,7 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m server", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m qwen3tts_jax.server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = ServerConfig()
     p.add_argument("--model", default=None,
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps({"event": "compile_cache", "dir": str(cache) if cache else None}))
     if args.model is None:
         try:
-            from convert.demo import build_demo_checkpoint  # noqa: F401
+            from qwen3tts_jax.convert.demo import build_demo_checkpoint  # noqa: F401
         except ImportError as exc:
             raise SystemExit(f"no --model given and the demo checkpoint builder is unavailable ({exc}); "
                              "pass --model DIR or a hub id") from None

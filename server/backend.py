@@ -56,7 +56,7 @@ def ensure_demo_checkpoint(dst: Path = DEMO_CHECKPOINT_DIR) -> Path:
     if (dst / "config.json").exists():
         log.info(json.dumps({"event": "demo_checkpoint_reused", "path": str(dst)}))
         return dst
-    from convert.demo import build_demo_checkpoint  # lead's module; no torch
+    from qwen3tts_jax.convert.demo import build_demo_checkpoint  # lead's module; no torch
 
     log.info(json.dumps({"event": "demo_checkpoint_build", "path": str(dst)}))
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
-"""`python -m server.client`: speak one text through a running server and write the WAV.
+"""`python -m qwen3tts_jax.server.client`: speak one text through a running server and write the WAV.
 
-    python -m server.client --text "Hello there." --out out.wav
-    python -m server.client --text "Bonjour." --language French --voice alice --sample-rate 48000
+    python -m qwen3tts_jax.server.client --text "Hello there." --out out.wav
+    python -m qwen3tts_jax.server.client --text "Bonjour." --language French --voice alice --sample-rate 48000
 
 Streams binary PCM, reports first-audio latency (T1 - T0: `speak` sent to first audio
 frame received), the longest gap between audio frames, under-runs, and how many
@@ -170,7 +170,7 @@ async def amain(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m server.client", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m qwen3tts_jax.server.client", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--text", required=True)
     p.add_argument("--voice", default=None, help="voice id (default: the server's default voice)")

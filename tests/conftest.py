@@ -32,7 +32,8 @@ class Checkpoints:
         are; the converted folder is float32 either way."""
         key = (preset, seed, saved_as)
         if key not in self._built:
-            from convert import convert_checkpoint
+            from qwen3tts_jax.convert import convert_checkpoint
+
             from tests.reference.checkpoints import build_checkpoint
 
             name = f"{preset}-{seed}" + ("" if saved_as == "float32" else f"-{saved_as}")

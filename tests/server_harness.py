@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+from qwen3tts_jax.server import protocol as P
+from qwen3tts_jax.server.app import ServerConfig, TTSServer
+from qwen3tts_jax.server.backend import Backend
 from websockets.asyncio.client import connect
 
-from server import protocol as P
-from server.app import ServerConfig, TTSServer
-from server.backend import Backend
 from tests.fake_engine import LANGUAGES, FakeTTS, FakeVoicePrompt, GenerationRequest
 
 TIMEOUT = 20.0

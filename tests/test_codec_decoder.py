@@ -2,7 +2,7 @@
 
 The reference module is built directly from a decoder config, randomized (codebooks, norm
 and Snake parameters, decoder weights rescaled to 0.75 N(0,1)/sqrt(fan_in): the default init
-is degenerate) and mapped through the real conversion table (`convert.engine.map_state_dict`).
+is degenerate) and mapped through the real conversion table (`qwen3tts_jax.convert.converter.map_state_dict`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def whole_config(decoder_hf: dict) -> Qwen3TTSConfig:
 
 def converted(ref, decoder_hf: dict) -> cd.CodecDecoder:
     """The reference's weights through the real conversion table."""
-    from convert.engine import map_state_dict
+    from qwen3tts_jax.convert.converter import map_state_dict
+
     from qwen3tts_jax.params import assign
 
     arrays = {"speech_tokenizer.decoder." + k: v.detach().numpy() for k, v in ref.state_dict().items()}
@@ -191,7 +192,8 @@ def test_bad_input_is_a_clear_value_error():
 
 def test_table_covers_every_real_decoder_key():
     """Key names and shapes of the released decoder (meta device) against the abstract module."""
-    from convert.engine import abstract_targets, plan
+    from qwen3tts_jax.convert.converter import abstract_targets, plan
+
     from tests.reference.checkpoints import hf_configs, meta_state_shapes
 
     main, tok = hf_configs("real-0.6b")
@@ -265,7 +267,8 @@ def test_causal_transposed_conv_layout(kernel, stride):
 
 def test_export_inverts_the_table():
     """`convert.export` (Flax -> official layout) gives back the reference state_dict exactly."""
-    from convert.export import to_source_tensors
+    from qwen3tts_jax.convert.export import to_source_tensors
+
     from qwen3tts_jax.params import flat_params
 
     ref, model, _ = pair("tiny", 0)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
+from qwen3tts_jax.convert.converter import abstract_targets, map_state_dict, plan
 
-from convert.engine import abstract_targets, map_state_dict, plan
 from qwen3tts_jax import components
 from qwen3tts_jax.audio import check_pcm, load_audio_24k
 from qwen3tts_jax.codec_encoder import _encode_jit, bucket_frames, encode

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from qwen3tts_jax.convert import ConversionError, convert_checkpoint
+from qwen3tts_jax.convert.converter import abstract_targets, plan
+from qwen3tts_jax.convert.safetensors_reader import SafetensorsFile, write_safetensors
 
-from convert import ConversionError, convert_checkpoint
-from convert.engine import abstract_targets, plan
-from convert.safetensors_reader import SafetensorsFile, write_safetensors
 from qwen3tts_jax.config import Qwen3TTSConfig
 from tests.reference.checkpoints import BASE_06B, BASE_17B, hf_configs, meta_state_shapes
 
@@ -82,7 +82,7 @@ def test_bfloat16_conversion_casts_the_language_model_only(tiny_checkpoint, tmp_
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convert", *map(str, args), "--quiet"],
+    return subprocess.run([sys.executable, "-m", "qwen3tts_jax.convert", *map(str, args), "--quiet"],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
 
 

@@ -129,8 +129,8 @@ def test_eos_stops_like_the_reference(checkpoints, reference_of, tmp_path):
     both stop at the same frame, EOS is never a frame, and EOS is blocked for 2 tokens."""
     import shutil
 
-    from convert import convert_checkpoint
-    from convert.safetensors_reader import SafetensorsFile, write_safetensors
+    from qwen3tts_jax.convert import convert_checkpoint
+    from qwen3tts_jax.convert.safetensors_reader import SafetensorsFile, write_safetensors
 
     hf, converted = checkpoints.get("tiny", 1)
     tts = Qwen3TTS.from_pretrained(converted)

@@ -1,4 +1,4 @@
-"""`python -m server --compile-cache`: JAX's persistent compilation cache, so restarts skip compiles."""
+"""`python -m qwen3tts_jax.server --compile-cache`: JAX's persistent compilation cache, so restarts skip compiles."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 # In a child process: jax's cache settings are process-global and initialised once.
 PROBE = textwrap.dedent("""
     import sys, jax, jax.numpy as jnp
-    from server.__main__ import enable_compile_cache
+    from qwen3tts_jax.server.__main__ import enable_compile_cache
     where = enable_compile_cache(sys.argv[1] or None)
     print(where)
     if where is not None:

@@ -6,8 +6,8 @@ import asyncio
 
 import numpy as np
 import pytest
+from qwen3tts_jax.server.backend import Backend, display_languages
 
-from server.backend import Backend, display_languages
 from tests.server_harness import Client, arun, running_server
 from tests.test_server_voices import wav_b64
 

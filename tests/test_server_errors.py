@@ -8,9 +8,9 @@ import threading
 import urllib.request
 
 import pytest
+from qwen3tts_jax.server import protocol as P
 from websockets.exceptions import ConnectionClosed
 
-from server import protocol as P
 from tests.fake_engine import FakeTTS
 from tests.server_harness import Client, arun, expected_pcm, fake_loader, running_server
 
@@ -155,7 +155,7 @@ def _slow_server(tmp_path, fake, loader):
     """A server whose model is not loaded when it starts listening."""
     import contextlib
 
-    from server.app import ServerConfig, TTSServer
+    from qwen3tts_jax.server.app import ServerConfig, TTSServer
 
     @contextlib.asynccontextmanager
     async def ctx():

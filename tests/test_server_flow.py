@@ -9,8 +9,8 @@ import urllib.request
 import numpy as np
 import pytest
 import soxr
+from qwen3tts_jax.server import protocol as P
 
-from server import protocol as P
 from tests.fake_engine import FRAME, FakeTTS
 from tests.server_harness import Client, arun, expected_pcm, running_server
 
@@ -113,7 +113,7 @@ def test_http_routes(tmp_path):
 
 
 def test_client_cli_writes_wav(tmp_path, capsys):
-    from server.client import main as client_main
+    from qwen3tts_jax.server.client import main as client_main
 
     async def body():
         async with running_server(tmp_path) as srv:

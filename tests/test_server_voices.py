@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 import soundfile as sf
+from qwen3tts_jax.server import protocol as P
 
-from server import protocol as P
 from tests.fake_engine import FakeTTS
 from tests.server_harness import Client, arun, expected_pcm, running_server
 from tests.test_server_errors import expect_error

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from qwen3tts_jax.convert.converter import map_state_dict
 
-from convert.engine import map_state_dict
 from qwen3tts_jax import components
 from qwen3tts_jax.config import CodePredictorConfig, Qwen3TTSConfig, SpeakerEncoderConfig, TalkerConfig
 from qwen3tts_jax.params import assign, flat_params

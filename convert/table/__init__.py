@@ -6,7 +6,7 @@ with `speech_tokenizer.` (`speech_tokenizer.decoder.*`, `speech_tokenizer.encode
 Targets are dotted paths whose first element is the component name.
 """
 
-from convert.table import code_predictor, codec_decoder, codec_encoder, speaker_encoder, talker
+from qwen3tts_jax.convert.table import code_predictor, codec_decoder, codec_encoder, speaker_encoder, talker
 
 SECTIONS = (talker, code_predictor, speaker_encoder, codec_decoder, codec_encoder)
 

@@ -1,6 +1,6 @@
 """Code predictor (MTP) keys (`talker.code_predictor.*`)."""
 
-from convert.rule import IDENTITY, Rule
+from qwen3tts_jax.convert.rule import IDENTITY, Rule
 
 _P = r"talker\.code_predictor"
 _LAYER = _P + r"\.model\.layers\.(\d+)"

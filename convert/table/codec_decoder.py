@@ -7,7 +7,8 @@ Transposed convs are stored in the block layout of `qwen3tts_jax.conv.blocks_ker
 `convert.export` inverts it with `blocks_kernel_to_torch`.
 """
 
-from convert.rule import CONV1D, IDENTITY, Ignore, Rule, Transform
+from qwen3tts_jax.convert.rule import CONV1D, IDENTITY, Ignore, Rule, Transform
+
 from qwen3tts_jax.conv import blocks_kernel_from_torch
 
 

@@ -8,7 +8,7 @@ it), so they are ignored. The regexes fix that split at the 12 Hz family's 1 + 1
 with other counts fails loudly in the plan (unfilled or unknown targets), never silently.
 """
 
-from convert.rule import CONV1D, IDENTITY, Ignore, Rule
+from qwen3tts_jax.convert.rule import CONV1D, IDENTITY, Ignore, Rule
 
 _P = r"speech_tokenizer\.encoder"
 _T = _P + r"\.encoder_transformer\.layers\.(\d+)"

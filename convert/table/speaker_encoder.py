@@ -5,7 +5,7 @@ statistics), and the Flax modules mirror the reference names, so the only change
 `weight (O, I, K)` -> `kernel (K, I, O)`.
 """
 
-from convert.rule import CONV1D, IDENTITY, Rule
+from qwen3tts_jax.convert.rule import CONV1D, IDENTITY, Rule
 
 _CONV = (r"speaker_encoder\.("
          r"blocks\.0\.conv"

@@ -1,6 +1,6 @@
 """Talker keys (`talker.model.*`, `talker.text_projection.*`, `talker.codec_head`)."""
 
-from convert.rule import IDENTITY, Rule
+from qwen3tts_jax.convert.rule import IDENTITY, Rule
 
 _LAYER = r"talker\.model\.layers\.(\d+)"
 

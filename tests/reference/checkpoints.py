@@ -19,7 +19,7 @@ import math
 import shutil
 from pathlib import Path
 
-from convert.assets import HF_CONFIGS
+from qwen3tts_jax.convert.assets import HF_CONFIGS
 
 BASE_06B = HF_CONFIGS / "Qwen3-TTS-12Hz-0.6B-Base"
 BASE_17B = HF_CONFIGS / "Qwen3-TTS-12Hz-1.7B-Base"

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from qwen3tts_jax.convert.rule import Transform
+from qwen3tts_jax.convert.safetensors_reader import SafetensorsError, SafetensorsFile
+from qwen3tts_jax.convert.table import IGNORED, RULES
 
-from convert.rule import Transform
-from convert.safetensors_reader import SafetensorsError, SafetensorsFile
-from convert.table import IGNORED, RULES
 from qwen3tts_jax import components
 from qwen3tts_jax.checkpoint import FORMAT_VERSION, MANIFEST
 from qwen3tts_jax.config import Qwen3TTSConfig
