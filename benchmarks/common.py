@@ -2,7 +2,8 @@
 
 The full-size checkpoint is a random-weight reference model at the released 0.6B-Base
 config, written in the official layout (main weights bfloat16 as released, speech tokenizer
-float32) and kept under `.cache/` between runs. Needs the test extra (torch, qwen-tts).
+float32) and kept under `paths.cache_dir() / "benchmarks"` between runs. Needs the test extra
+(torch, qwen-tts).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from qwen3tts_jax import paths
+
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("QWEN3TTS_CACHE", REPO / ".cache"))
+CACHE = paths.cache_dir() / "benchmarks"
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 

@@ -136,12 +136,12 @@ def generate_only_ms(engine, span: int, frames: int, spec=None) -> float:
     """ms per frame step (talker + code predictor + sampling, no codec): the reference's unit."""
     import jax
 
-    from qwen3tts_jax import decode
+    from qwen3tts_jax import generation
 
     spec = spec or engine.spec
 
     def one():
-        engine.state, out = decode.decode_frames(spec, engine.weights, engine.state, 1, span)
+        engine.state, out = generation.decode_frames(spec, engine.weights, engine.state, 1, span)
         jax.block_until_ready(out)
     one()  # compiles this span once
     return median_ms(timed(one, frames))
@@ -163,11 +163,11 @@ def bench_jax(src, dtype: str, batches: list[int], frames: int, both_loops: bool
         print(dtype, out["batch_16_seq_2048"], flush=True)
     import jax.numpy as jnp
 
-    from qwen3tts_jax import decode, prompt
+    from qwen3tts_jax import generation, prompt
 
     # One frame step per batch size, one prefill per (prompt bucket, batch size): counted here.
-    out["compiled_executables"] = {"decode_frames": decode.decode_frames._cache_size(),
-                                   "prefill": decode.prefill._cache_size(),
+    out["compiled_executables"] = {"decode_frames": generation.decode_frames._cache_size(),
+                                   "prefill": generation.prefill._cache_size(),
                                    "prompt_embed": prompt._embed._cache_size()}
     cfg = tts.config.talker
     out["kv_cache_bytes_per_frame_per_row"] = (2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim

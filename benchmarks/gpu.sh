@@ -13,12 +13,17 @@
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 JAX_COMPILATION_CACHE_DIR=$PWD/.cache/jax-compile
+# Everything the benchmarks build stays in the working tree: QWEN3TTS_JAX_CACHE is the one root.
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 QWEN3TTS_JAX_CACHE=$PWD/.cache JAX_COMPILATION_CACHE_DIR=$PWD/.cache/xla
+CKPT=$PWD/.cache/benchmarks/real-0.6b-native-hf-jax-bfloat16
 exec > >(tee "$OUT/log") 2>&1
 start=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
+# The project itself, installed so that qwen3tts_jax.convert and qwen3tts_jax.server resolve
+# (they live in convert/ and server/ and exist under that name only once installed).
+python3 -m pip install -q --no-deps --no-build-isolation --no-compile --target /tmp/site . || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 if ! python3 -c "import flax, sys; sys.exit(tuple(map(int, flax.__version__.split('.')[:2])) < (0, 12))"; then
     echo "image flax too old: using the carried flax/orbax"
@@ -32,10 +37,10 @@ cp benchmarks/results/generation_gpu.json "$OUT/" 2>/dev/null
 echo "generation done at +$(( $(date +%s) - start )) s"
 
 # The memory target in a fresh process: the generation run's peak includes building the checkpoint.
-timeout 150 python3 benchmarks/memory.py .cache/real-0.6b-native-hf-jax-bfloat16 --rows 16 --max-seq-len 2048 \
+timeout 150 python3 benchmarks/memory.py "$CKPT" --rows 16 --max-seq-len 2048 \
     | tee "$OUT/memory.json"
 
-timeout "${LOAD_TIMEOUT:-320}" python3 benchmarks/load.py --spawn --model .cache/real-0.6b-native-hf-jax-bfloat16 \
+timeout "${LOAD_TIMEOUT:-320}" python3 benchmarks/load.py --spawn --model "$CKPT" \
     --dtype bfloat16 --batch-slots 16 --clients 16 --requests 2 --max-frames 100 --load-timeout 270 \
     --tag gpu-0.6b-bf16-16 --out "$OUT/load.json"
 cp benchmarks/results/load-server.log.tmp "$OUT/server.log" 2>/dev/null

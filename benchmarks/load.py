@@ -34,6 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from qwen3tts_jax.server.client import ServerError, open_session, speak  # noqa: E402
 
+from qwen3tts_jax import paths  # noqa: E402
+
 TEXTS = [
     "Hello! How can I help you today?",
     "The meeting has been moved to three o'clock on Thursday, in the small conference room.",
@@ -104,7 +106,7 @@ def health(url: str) -> dict | None:
 def random_full_size_checkpoint() -> str:
     """A random-weight checkpoint with the released 0.6B-Base sizes, built natively (no torch,
     no download), for timing on machines that cannot fetch the real weights."""
-    dst = REPO / ".cache" / "random-0.6b-base"
+    dst = paths.cache_dir() / "benchmarks" / "random-0.6b-base"
     if not (dst / "config.json").exists():
         import qwen3tts_jax.convert.demo as demo
 
@@ -192,7 +194,7 @@ def main() -> None:
                    help="with --spawn: serve random weights at the released 0.6B-Base sizes (built natively)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batch-slots", type=int, default=16)
-    p.add_argument("--voices-dir", type=Path, default=REPO / ".cache" / "voices")
+    p.add_argument("--voices-dir", type=Path, default=paths.cache_dir() / "benchmarks" / "voices")
     p.add_argument("--load-timeout", type=float, default=900)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--requests", type=int, default=2, help="speak requests per client, in sequence")

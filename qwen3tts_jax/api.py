@@ -1,10 +1,14 @@
-"""The public API: `Qwen3TTS` (load, voice prompts, codes, PCM, streaming, batch engine)."""
+"""The public API: `Qwen3TTS` (load, voice prompts, codes, PCM, streaming, batch engine).
+
+A facade that composes what the layers below provide: the loaded modules, the
+`PromptBuilder` (tokenizer + config), the frame step's `DecodeParts`, the checkpoint's
+`GenerationDefaults` and `BatchEngine`s built from them. No module below imports it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,20 +16,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from qwen3tts_jax import codec_decoder, codec_encoder, kernels, speaker_encoder
+from qwen3tts_jax import buckets, codec_decoder, codec_encoder, generation, paths, speaker_encoder
 from qwen3tts_jax.audio import load_audio_24k
 from qwen3tts_jax.checkpoint import FORMAT_VERSION, LoadedModel, format_version, is_converted, load
-from qwen3tts_jax.decode import DecodeSpec, make_weights, pack_weights, unroll_predictor_default
-from qwen3tts_jax.engine import BatchEngine, GenerationRequest
-from qwen3tts_jax.paths import default_cache_dir
-from qwen3tts_jax.prompt import PromptLayout, build_layout
+from qwen3tts_jax.config import Qwen3TTSConfig
+from qwen3tts_jax.convert.converter import convert_checkpoint, resolve_source
+from qwen3tts_jax.engine import BatchEngine
+from qwen3tts_jax.generation import DecodeParts
+from qwen3tts_jax.prompt import PromptBuilder
+from qwen3tts_jax.request import SAMPLING_FIELDS, GenerationDefaults, GenerationRequest
 from qwen3tts_jax.text_tokenizer import TextTokenizer
 from qwen3tts_jax.voice import VoicePrompt
-
-# Sampling keyword arguments of generate_codes / synthesize / stream, and their fallbacks
-# (the reference's hard defaults; a checkpoint's generation_config.json overrides them).
-SAMPLING_DEFAULTS = dict(temperature=0.9, top_k=50, top_p=1.0, repetition_penalty=1.05,
-                         subtalker_temperature=0.9, subtalker_top_k=50, subtalker_top_p=1.0)
 
 
 class Qwen3TTS:
@@ -36,8 +37,6 @@ class Qwen3TTS:
     >>> wav, sr = tts.synthesize("Hello world.", voice=voice, language="English")  # doctest: +SKIP
     """
 
-    sample_rate = 24000
-
     def __init__(self, model: LoadedModel):
         self.model = model
         self.config = model.config
@@ -46,15 +45,16 @@ class Qwen3TTS:
             raise ValueError(f"{model.path}: only Base (voice-clone) checkpoints are supported; this one is "
                              f"{self.config.tts_model_type!r}")
         self.tokenizer = TextTokenizer.from_dir(model.path)
+        self.prompts = PromptBuilder(self.config, self.tokenizer, source=str(model.path))
+        self.sample_rate = self.config.speech_tokenizer.output_sample_rate
         self.samples_per_frame = self.config.speech_tokenizer.decoder.samples_per_frame
-        self.generation_defaults = dict(SAMPLING_DEFAULTS)
-        gen_path = model.path / "generation_config.json"
-        gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
-        self.generation_defaults.update({k: gen[k] for k in SAMPLING_DEFAULTS if k in gen})
-        # The reference stops at max_new_tokens (8192 released) sampled tokens = 8191 frames.
-        self.default_max_new_frames = int(gen.get("max_new_tokens", 2048)) - 1
-        self._decode_parts = None
-        self._packed_weights = None
+        # Sampling defaults and the frame limit, from generation_config.json (the reference
+        # stops at max_new_tokens sampled tokens: 8192 released = 8191 frames).
+        self.defaults = GenerationDefaults.from_dir(model.path)
+        self.generation_defaults = self.defaults.as_dict()
+        self.default_max_new_frames = self.defaults.max_new_frames
+        self._parts: DecodeParts | None = None
+        self._packed_parts: DecodeParts | None = None
         self._idle_engines: dict[tuple, BatchEngine] = {}
 
     # -- loading ----------------------------------------------------------------------------
@@ -64,8 +64,9 @@ class Qwen3TTS:
                         cache_dir: str | os.PathLike | None = None) -> Qwen3TTS:
         """Load a converted folder, or convert an official folder / hub id first (cached).
 
-        Raw checkpoints are converted once into `cache_dir` (default `~/.cache/qwen3tts_jax`,
-        or $QWEN3TTS_JAX_CACHE), keyed by the source path and dtype. `dtype` (of the talker
+        Raw checkpoints are converted once into `cache_dir` (default `paths.converted_dir()`:
+        `~/.cache/qwen3tts_jax/converted`, or under $QWEN3TTS_JAX_CACHE), keyed by the source
+        path and dtype. `dtype` (of the talker
         and code predictor) defaults to bfloat16 on accelerators and float32 on CPU, where
         XLA's bfloat16 matmuls are several times slower than float32 ones (BENCHMARKS.md).
         A converted folder keeps the dtype it was converted with.
@@ -74,13 +75,12 @@ class Qwen3TTS:
             dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
         path = Path(path_or_hub_id).expanduser()
         if path.is_dir() and is_converted(path):
+            check_ids_of(path)
             return cls(load(path))
-        from qwen3tts_jax.convert import convert_checkpoint
-        from qwen3tts_jax.convert.converter import resolve_source
-
         source = resolve_source(path_or_hub_id)
+        check_ids_of(source)  # before converting: a broken checkpoint costs no conversion
         key = hashlib.sha256(f"{source.resolve()}|{dtype}".encode()).hexdigest()[:16]
-        target = Path(cache_dir) if cache_dir else default_cache_dir()
+        target = Path(cache_dir) if cache_dir else paths.converted_dir()
         target = target / f"{source.name}-{dtype}-{key}"
         if format_version(target) != FORMAT_VERSION:  # absent, or written by an older layout
             convert_checkpoint(source, target, dtype=dtype, overwrite=target.exists())
@@ -121,13 +121,12 @@ class Qwen3TTS:
         if voices and voices[0] is None:
             raise ValueError("a voice prompt is required (Base models clone a voice): "
                              "voice=tts.create_voice_prompt(ref_audio, ref_text)")
-        params = {**self.generation_defaults, **{k: v for k, v in sampling.items() if v is not None}}
-        unknown = set(params) - set(SAMPLING_DEFAULTS)
+        unknown = set(sampling) - set(SAMPLING_FIELDS)
         if unknown:
             raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
-        return [GenerationRequest(t, v, lang, s, greedy, max_new_frames, non_streaming_text=non_streaming_text,
-                                  **params) for t, v, lang, s in zip(texts, voices, languages, seeds, strict=True)
-                ], single
+        return [self.defaults.request(t, v, lang, seed=s, greedy=greedy, max_new_frames=max_new_frames,
+                                      non_streaming_text=non_streaming_text, **sampling)
+                for t, v, lang, s in zip(texts, voices, languages, seeds, strict=True)], single
 
     def generate_codes(self, text, voice: VoicePrompt | list, language="auto", *, greedy: bool = False,
                        seed: int | list = 0, max_new_frames: int | None = None, non_streaming_text: bool = False,
@@ -188,7 +187,7 @@ class Qwen3TTS:
     def _engine(self, num_slots: int, *, stream_audio: bool, max_new_frames: int):
         """An idle engine of this shape from a small pool (building one allocates its caches and
         traces the codec state), returned with every slot released when the caller is done."""
-        key = (num_slots, _seq_len(max_new_frames), stream_audio)
+        key = (num_slots, buckets.cache_len(max_new_frames), stream_audio)
         engine = self._idle_engines.pop(key, None) or self.batch_engine(
             num_slots, max_seq_len=key[1], stream_audio=stream_audio)
         try:
@@ -207,8 +206,9 @@ class Qwen3TTS:
         `max_seq_len` bounds prompt + generated frames per row (2048: about 2:40 of audio after
         a 10 s reference clip); `max_text_tokens` bounds the text fed during decoding.
         """
-        return BatchEngine(self, num_slots, max_seq_len=max_seq_len, max_text_tokens=max_text_tokens,
-                           stream_audio=stream_audio)
+        return BatchEngine(self.prompts, self.decode_parts(num_slots), self.model.codec_decoder, num_slots,
+                           max_seq_len=max_seq_len, max_text_tokens=max_text_tokens, stream_audio=stream_audio,
+                           default_max_new_frames=self.default_max_new_frames, sample_rate=self.sample_rate)
 
     # -- decoding -----------------------------------------------------------------------------
 
@@ -223,60 +223,29 @@ class Qwen3TTS:
             wav = wav[cut:]
         return np.asarray(wav, np.float32), self.sample_rate
 
-    # -- pieces shared with the engine ---------------------------------------------------------
+    # -- parts the engines decode with -------------------------------------------------------
 
-    def prompt_layout(self, text: str, voice: VoicePrompt, language: str, non_streaming_text: bool) -> PromptLayout:
-        if language.lower() != "auto":
-            self.config.talker.language_id(language)  # a clear error for unknown languages
-        if voice.speaker_embedding.shape != (self.config.talker.hidden_size,):
-            raise ValueError(f"voice speaker_embedding has shape {voice.speaker_embedding.shape}, this model "
-                             f"needs ({self.config.talker.hidden_size},): was it made with another model?")
-        if voice.ref_codes is not None and voice.ref_codes.shape[1] != self.config.talker.num_code_groups:
-            raise ValueError(f"voice ref_codes have {voice.ref_codes.shape[1]} codebooks, "
-                             f"expected {self.config.talker.num_code_groups}")
-        text_ids = self.tokenizer.text_ids(text)
-        ref_ids = None if voice.ref_codes is None else self.tokenizer.ref_text_ids(voice.ref_text)
-        return build_layout(self.config, text_ids, language=language, ref_text_ids=ref_ids,
-                            num_ref_frames=None if voice.ref_codes is None else len(voice.ref_codes),
-                            non_streaming_text=non_streaming_text)
+    def decode_parts(self, rows: int | None = None) -> DecodeParts:
+        """The frame step's spec and weights, built once and shared by every engine.
 
-    def decode_parts(self, rows: int | None = None):
-        """(DecodeSpec, Weights) for the jitted decode step, built once.
-
-        `rows`: the batch the weights serve. Up to `PACKED_MAX_ROWS` rows, a float32 model on
-        CPU gets its bfloat16-valued matrices packed for the CPU kernel (`decode.pack_weights`,
-        kept beside the float32 ones).
+        `rows`: the batch they serve. Where `generation.packing_pays(rows)` (a float32 model on
+        CPU, up to `generation.PACKED_MAX_ROWS` rows, kernel on), the bfloat16-exact matrices
+        are packed for the CPU kernel (`generation.pack_parts`, kept beside the float32 ones).
         """
-        if rows is not None and rows <= PACKED_MAX_ROWS and self._packable():
-            spec, weights = self.decode_parts()
-            if self._packed_weights is None:
-                self._packed_weights = pack_weights(weights)
-            return spec, self._packed_weights
-        if self._decode_parts is None:
-            t = self.config.talker
-            t_def, p_def, weights = make_weights(self.model.talker, self.model.code_predictor,
-                                                 self.config.tts_pad_token_id)
-            spec = DecodeSpec(t_def, p_def, eos_id=t.codec_eos_token_id, suppress_start=t.vocab_size - 1024,
-                              min_new_tokens=2, groups=t.num_code_groups,
-                              unroll_predictor=unroll_predictor_default())
-            self._decode_parts = (spec, weights)
-        return self._decode_parts
-
-    def _packable(self) -> bool:
-        return self.dtype == np.float32 and jax.default_backend() == "cpu" and kernels.available()
-
-    def embed_parts(self):
-        spec, weights = self.decode_parts()
-        return spec.talker_def, weights.talker, spec.predictor_def, weights.predictor
+        if self._parts is None:
+            self._parts = generation.make_parts(self.model.talker, self.model.code_predictor, self.config)
+        if rows is None or not generation.packing_pays(rows, self.dtype):
+            return self._parts
+        if self._packed_parts is None:
+            self._packed_parts = generation.pack_parts(self._parts)
+        return self._packed_parts
 
 
-# Engines of up to this many rows decode with packed bfloat16 weights on CPU (see decode_parts).
-PACKED_MAX_ROWS = 4
-
-
-def _seq_len(max_new_frames: int) -> int:
-    """Cache length for a request of `max_new_frames`: 2048, or more in steps of 1024."""
-    return max(2048, -(-(max_new_frames + 1024) // 1024) * 1024)
+def check_ids_of(folder: Path) -> None:
+    """ValueError, naming the folder and the id, unless every id its config and tokenizer give a
+    prompt fits the tables it indexes (`prompt.check_ids`); read from the files alone, so it
+    runs before any weight is loaded or converted."""
+    PromptBuilder(Qwen3TTSConfig.from_dir(folder), TextTokenizer.from_dir(folder), source=str(folder))
 
 
 __all__ = ["GenerationRequest", "Qwen3TTS", "VoicePrompt"]

@@ -47,3 +47,12 @@ class CodePredictor(DecoderStack):
     def logits(self, hidden: jax.Array, group: int) -> jax.Array:
         """Logits of codebook `group` (1..G-1) in float32."""
         return self.lm_head[group - 1](hidden).astype(jnp.float32)
+
+
+def frame_embedding(talker, predictor: CodePredictor, codes: jax.Array) -> jax.Array:
+    """F(frame) = C(c0) + sum_g E_g(c_g) for `codes [..., G]`: a frame as the talker's next input
+    (C is the talker's codec embedding, E_g this predictor's)."""
+    total = talker.embed_codec(codes[..., 0])
+    for g in range(1, codes.shape[-1]):
+        total = total + predictor.embed_group(g, codes[..., g])
+    return total

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from qwen3tts_jax import buckets
 from qwen3tts_jax.config import CodecDecoderConfig
 from qwen3tts_jax.conv import CausalConvTranspose1d, Conv1d
 from qwen3tts_jax.layers import RMSNorm, apply_rope, attend, linear, rope_tables
@@ -375,13 +376,6 @@ def _forward(graphdef, params, codes: jax.Array) -> jax.Array:
     return module(codes, Context(t, jnp.zeros((b,), jnp.int32)))
 
 
-def bucket(t: int, minimum: int = 8) -> int:
-    """Padded length for `t` frames: 8, 12, 16, 24, 32, 48, 64, ... (at most 1/3 wasted)."""
-    if t <= minimum:
-        return minimum
-    p = 1 << (t - 1).bit_length()  # next power of two >= t
-    return p * 3 // 4 if t <= p * 3 // 4 else p
-
 
 def check_codes(codes, cfg: CodecDecoderConfig, *, allow_padding: bool) -> np.ndarray:
     """Validate `codes [B, T, num_quantizers]` on the host; -1 marks padding when allowed."""
@@ -412,7 +406,7 @@ def decode(module: CodecDecoder, codes) -> jax.Array:
     as the reference does (see `valid_lengths` / `decode_to_list` for trimming).
     """
     a, _ = _prepare(module, codes)
-    return _decode_padded(module, a, bucket(a.shape[1]))
+    return _decode_padded(module, a, buckets.codec_frames(a.shape[1]))
 
 
 def _decode_padded(module: CodecDecoder, a: np.ndarray, length: int) -> jax.Array:
@@ -436,7 +430,7 @@ def decode_chunked(module: CodecDecoder, codes, chunk_size: int = 300,
     b, t, q = a.shape
     spf = module.cfg.samples_per_frame
     if t <= chunk_size:  # one chunk: one pass, padded no further than a chunk
-        return _decode_padded(module, a, min(bucket(t), chunk_size))
+        return _decode_padded(module, a, min(buckets.codec_frames(t), chunk_size))
     starts = range(0, t, chunk_size)
     row = max(min(left_context_size, s) for s in starts) + chunk_size
     graphdef, params = nnx.split(module)

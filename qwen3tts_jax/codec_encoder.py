@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from qwen3tts_jax import buckets
 from qwen3tts_jax.config import CodecEncoderConfig
 from qwen3tts_jax.conv import Conv1d, pad_time
 from qwen3tts_jax.layers import apply_rope, attend, causal_mask, linear, rope_tables
@@ -318,14 +319,6 @@ class CodecEncoder(nnx.Module):
 # Host-side driver
 
 
-def bucket_frames(frames: int) -> int:
-    """Padded frame count for `frames`: powers of two from 16, then multiples of 256."""
-    if frames <= 16:
-        return 16
-    if frames <= 256:
-        return 1 << (frames - 1).bit_length()
-    return -(-frames // 256) * 256
-
 
 @functools.partial(jax.jit, static_argnums=0)
 def _encode_jit(graphdef, state, pcm, lengths):
@@ -356,7 +349,7 @@ def encode_batch(module: CodecEncoder, pcms: list[np.ndarray]) -> list[np.ndarra
     spf = module.samples_per_frame
     frames = [-(-p.shape[0] // spf) for p in pcms]
     rows = 1 << (len(pcms) - 1).bit_length()  # batch bucket: a power of two
-    buf = np.zeros((rows, bucket_frames(max(frames)) * spf), np.float32)
+    buf = np.zeros((rows, buckets.encoder_frames(max(frames)) * spf), np.float32)
     lengths = np.ones((rows,), np.int32)  # filler rows: one zero sample
     for i, p in enumerate(pcms):
         buf[i, : p.shape[0]] = p

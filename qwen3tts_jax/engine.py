@@ -5,6 +5,10 @@ streaming codec decoder with one stream per slot. `admit` prefills a free slot w
 request between frames; `step` advances every active slot by one frame in one device call and
 decodes the new frames to PCM; `release` frees a slot at once (cancel, disconnect).
 Not thread-safe: drive an engine from one thread (the server's device worker does).
+
+The engine is given everything it uses: a `PromptBuilder` (text -> prompt layout), the
+`DecodeParts` (spec and weights of the frame step) and the codec decoder. It never reaches
+back into the `Qwen3TTS` facade, which only builds engines from those parts.
 """
 
 from __future__ import annotations
@@ -12,39 +16,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import weakref
-from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
-from qwen3tts_jax import decode
-from qwen3tts_jax.prompt import bucket, embed_layout, embed_text_ids
+from qwen3tts_jax import buckets, generation
+from qwen3tts_jax.codec_decoder import CodecDecoder
+from qwen3tts_jax.generation import DecodeParts
+from qwen3tts_jax.prompt import PromptBuilder, embed_layout, embed_text_ids
+from qwen3tts_jax.request import GenerationRequest
 from qwen3tts_jax.sampling import SamplingParams
 from qwen3tts_jax.streaming_decoder import StreamingDecoder
 from qwen3tts_jax.voice import VoicePrompt
-
-if TYPE_CHECKING:
-    from qwen3tts_jax.api import Qwen3TTS
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationRequest:
-    """One utterance to generate; defaults are the released `generation_config.json` values."""
-
-    text: str
-    voice: VoicePrompt
-    language: str = "auto"
-    seed: int = 0
-    greedy: bool = False
-    max_new_frames: int | None = None
-    temperature: float = 0.9
-    top_k: int = 50
-    top_p: float = 1.0
-    repetition_penalty: float = 1.05
-    subtalker_temperature: float = 0.9
-    subtalker_top_k: int = 50
-    subtalker_top_p: float = 1.0
-    non_streaming_text: bool = False
 
 
 @dataclasses.dataclass
@@ -66,38 +49,38 @@ class _Slot:
         return self.prompt_len + self.frames
 
 
-def _check_request(r: GenerationRequest) -> None:
-    if not isinstance(r.text, str) or not r.text.strip():
-        raise ValueError("text is empty")
-    if not isinstance(r.voice, VoicePrompt):
-        raise ValueError("voice must be a VoicePrompt (see Qwen3TTS.create_voice_prompt)")
-    if not r.greedy and not (r.temperature > 0 and r.subtalker_temperature > 0):
-        raise ValueError("temperature must be > 0 (use greedy=True for argmax decoding)")
-    if not (0 < r.top_p <= 1 and 0 < r.subtalker_top_p <= 1):
-        raise ValueError("top_p must be in (0, 1]")
-    if r.top_k < 0 or r.subtalker_top_k < 0:
-        raise ValueError("top_k must be >= 0 (0 disables it)")
-    if not r.repetition_penalty > 0:
-        raise ValueError("repetition_penalty must be > 0")
-    if r.max_new_frames is not None and r.max_new_frames < 1:
-        raise ValueError("max_new_frames must be >= 1")
-
-
 class BatchEngine:
-    def __init__(self, tts: Qwen3TTS, num_slots: int = 1, *, max_seq_len: int = 2048,
-                 max_text_tokens: int = 512, stream_audio: bool = True):
+    """`num_slots` rows of generation; see the module docstring.
+
+    `prompts`: turns a request's text, voice and language into a prompt layout. `parts`: the
+    frame step's spec and weights (`generation.make_parts`, packed or not). `codec_decoder`:
+    the speech tokenizer's decoder, for PCM (`stream_audio`). `max_seq_len` bounds prompt +
+    generated frames per row; `max_text_tokens` bounds the text fed during decoding;
+    `default_max_new_frames` caps a request that names no `max_new_frames`; `sample_rate` is
+    the codec's output rate.
+    """
+
+    def __init__(self, prompts: PromptBuilder, parts: DecodeParts, codec_decoder: CodecDecoder,
+                 num_slots: int = 1, *, max_seq_len: int = 2048, max_text_tokens: int = 512,
+                 stream_audio: bool = True, default_max_new_frames: int | None = None,
+                 sample_rate: int):
         if num_slots < 1:
             raise ValueError("num_slots must be >= 1")
-        self.tts = tts
+        self.prompts = prompts
         self.num_slots = num_slots
         self.max_seq_len = max_seq_len
         self.max_text_tokens = max_text_tokens
-        self.sample_rate = tts.sample_rate
-        self.spec, self.weights = tts.decode_parts(num_slots)
-        cfg = tts.config.talker
-        self.state = decode.empty_state(num_slots, max_seq_len, max_text_tokens, cfg, tts.dtype)
+        self.default_max_new_frames = default_max_new_frames
+        self.parts = parts
+        self.spec, self.weights = parts.spec, parts.weights
+        self._embed_weights = (parts.spec.talker_def, parts.weights.talker, parts.spec.predictor_def,
+                               parts.weights.predictor)
+        self.state = generation.empty_state(num_slots, max_seq_len, max_text_tokens, prompts.config.talker,
+                                            parts.dtype)
+        self.sample_rate = sample_rate
+        self.samples_per_frame = codec_decoder.cfg.samples_per_frame
         self.stream_audio = stream_audio
-        self.decoder = StreamingDecoder(tts.model.codec_decoder, num_slots) if stream_audio else None
+        self.decoder = StreamingDecoder(codec_decoder, num_slots) if stream_audio else None
         self._slots: dict[int, _Slot] = {}
         self._voice_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -115,9 +98,9 @@ class BatchEngine:
             raise ValueError(f"slot {slot} out of range 0..{self.num_slots - 1}")
         if slot in self._slots:
             raise ValueError(f"slot {slot} is busy")
-        _check_request(request)
-        tts, r = self.tts, request
-        layout = tts.prompt_layout(r.text, r.voice, r.language, r.non_streaming_text)
+        request.check()
+        r = request
+        layout = self.prompts.layout(r.text, r.voice, r.language, r.non_streaming_text)
         n = len(layout)
         room = self.max_seq_len - n
         if room < 1:
@@ -125,15 +108,14 @@ class BatchEngine:
         if len(layout.trailing_ids) > self.max_text_tokens:
             raise ValueError(f"text too long: {len(layout.trailing_ids)} tokens to feed, this engine takes "
                              f"{self.max_text_tokens}; split the text into sentences")
-        max_frames = min(r.max_new_frames or tts.default_max_new_frames, room)
-        embeds = embed_layout(*tts.embed_parts(), layout, r.voice.speaker_embedding, r.voice.ref_codes,
-                              min(bucket(n), self.max_seq_len))
-        trailing_vecs = embed_text_ids(tts.embed_parts()[0], tts.embed_parts()[1], layout.trailing_ids,
-                                       self.max_text_tokens)
+        max_frames = min(r.max_new_frames or self.default_max_new_frames or room, room)
+        embeds = embed_layout(*self._embed_weights, layout, r.voice.speaker_embedding, r.voice.ref_codes,
+                              min(buckets.prompt_rows(n), self.max_seq_len), self.spec.groups)
+        trailing_vecs = embed_text_ids(*self._embed_weights[:2], layout.trailing_ids, self.max_text_tokens)
         one = functools.partial(SamplingParams.make, 1)
         talker_p = one(r.temperature, r.top_k, r.top_p, r.greedy)
         sub_p = one(r.subtalker_temperature, r.subtalker_top_k, r.subtalker_top_p, r.greedy)
-        self.state = decode.prefill(
+        self.state = generation.prefill(
             self.spec, self.weights, self.state, np.int32(slot), embeds, np.int32(n), trailing_vecs,
             np.int32(len(layout.trailing_ids)), jax.tree.map(lambda x: x[0], talker_p),
             jax.tree.map(lambda x: x[0], sub_p), np.float32(r.repetition_penalty), np.uint32(r.seed % 2**32),
@@ -147,17 +129,17 @@ class BatchEngine:
         that grows into a longer span never stalls the others on a compile. Needs no active slot."""
         if self._slots:
             raise RuntimeError("warm up before admitting requests")
-        span = decode.attend_bucket(1, self.max_seq_len)
+        span = buckets.attend_span(1, self.max_seq_len)
         while True:
-            self.state, _ = decode.decode_frames(self.spec, self.weights, self.state, 1, span)
+            self.state, _ = generation.decode_frames(self.spec, self.weights, self.state, 1, span)
             if span >= self.max_seq_len:
                 break
-            span = decode.attend_bucket(span + 1, self.max_seq_len)
+            span = buckets.attend_span(span + 1, self.max_seq_len)
 
     def release(self, slot: int) -> None:
         """Free `slot` now; whatever it was generating is dropped."""
         if self._slots.pop(slot, None) is not None:
-            self.state = decode.release(self.state, np.int32(slot))
+            self.state = generation.release(self.state, np.int32(slot))
 
     # -- decoding ---------------------------------------------------------------------------
 
@@ -166,14 +148,14 @@ class BatchEngine:
         if not self._slots:
             return {}
         needed = max(s.next_slot for s in self._slots.values()) + 1
-        span = decode.attend_bucket(needed, self.max_seq_len)
-        self.state, (codes, made, finished) = decode.decode_frames(self.spec, self.weights, self.state, 1, span)
+        span = buckets.attend_span(needed, self.max_seq_len)
+        self.state, (codes, made, finished) = generation.decode_frames(self.spec, self.weights, self.state, 1, span)
         pcm = None
         if self.decoder is not None:
             pcm, self.decoder.state = self.decoder.step(self.decoder.state, codes, made)
         codes, n_valid, finished = jax.device_get((codes, made, finished))
         pcm = None if pcm is None else np.asarray(pcm)
-        spf = self.tts.samples_per_frame
+        spf = self.samples_per_frame
         out = {}
         for slot in list(self._slots):
             n = int(n_valid[slot])
@@ -193,7 +175,7 @@ class BatchEngine:
         """
         state = self._voice_states.get(voice)
         if state is None:
-            codes = np.zeros((0, self.tts.config.talker.num_code_groups), np.int32)
+            codes = np.zeros((0, self.spec.groups), np.int32)
             state = self.decoder.prime(codes if voice.ref_codes is None else voice.ref_codes)
             self._voice_states[voice] = state
         return state

@@ -35,6 +35,9 @@ class Linear(nnx.Module):
     The weight is not transposed to Flax's `(in, out)` kernel on purpose: XLA's CPU dot
     contracting the weight's minor axis runs about twice as fast for 8-32 rows (a batched
     decode step) and the same for one row (BENCHMARKS.md, "What moved the numbers").
+
+    `packed` (static, set by `pack_linears`): the float32 model's weight is stored as the
+    bfloat16 values it holds exactly and multiplied by the CPU kernel (`kernels.bf16_matmul`).
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype, rngs: nnx.Rngs):
@@ -42,25 +45,25 @@ class Linear(nnx.Module):
         self.weight = nnx.Param(init(rngs.params(), (out_features, in_features), dtype))
         self.bias = nnx.Param(jnp.zeros((out_features,), dtype)) if bias else None
         self.dtype = dtype
+        self.packed = False
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = dot_weight(x.astype(self.dtype), self.weight[...])
+        x = x.astype(self.dtype)
+        y = kernels.bf16_matmul(x, self.weight[...]) if self.packed else dot_weight(x, self.weight[...])
         return y if self.bias is None else y + self.bias[...]
 
 
+# Row counts for which `dot_weight` multiplies `weight @ x.T` on XLA's CPU backend (see below).
+COLUMN_DOT_ROWS = (2, 256)
+
+
 def dot_weight(x: jax.Array, w: jax.Array) -> jax.Array:
-    """`x [..., in] @ w.T` for a torch-layout weight `w (out, in)`, in the fastest form XLA has
-    for this many rows (every Linear and the code predictor's heads go through here)."""
-    if w.dtype == jnp.bfloat16 and x.dtype == jnp.float32:  # packed by `pack_linear_weights`
-        return kernels.bf16_matmul(x, w)
+    """`x [..., in] @ w.T` for a torch-layout weight `w (out, in)` of `x`'s dtype, in the fastest
+    form XLA has for this many rows (every unpacked Linear and head goes through here)."""
     rows = math.prod(x.shape[:-1])
     if COLUMN_DOT_ROWS[0] <= rows <= COLUMN_DOT_ROWS[1] and jax.default_backend() == "cpu":
         return _rows_as_columns_dot(x, w)
     return jax.lax.dot_general(x, w, (((x.ndim - 1,), (1,)), ((), ())))
-
-
-# Row counts for which `Linear` multiplies `weight @ x.T` on XLA's CPU backend (see below).
-COLUMN_DOT_ROWS = (2, 256)
 
 
 def _rows_as_columns_dot(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -90,14 +93,19 @@ def bf16_if_exact(w: jax.Array) -> jax.Array:
     return w16 if bool(jnp.array_equal(w16.astype(jnp.float32), w)) else w
 
 
-def pack_linear_weights(state):
-    """`bf16_if_exact` on every `Linear` weight of an `nnx.State` (a new state; norms, biases
-    and embeddings stay as they are)."""
-    def pack(path, leaf):
-        names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-        names = [n for n in names if n != "value"]
-        return bf16_if_exact(leaf) if names and names[-1] == "weight" else leaf
-    return jax.tree_util.tree_map_with_path(pack, state)
+def pack_linears(module: nnx.Module) -> int:
+    """In place: every float32 `Linear` of `module` whose weight holds only bfloat16 values
+    stores it as bfloat16 and multiplies with the CPU kernel (`Linear.packed`). Norms, biases
+    and embeddings stay as they are. Returns how many were packed."""
+    count = 0
+    for _, m in module.iter_modules():
+        if isinstance(m, Linear) and not m.packed:
+            w16 = bf16_if_exact(m.weight[...])
+            if w16.dtype == jnp.bfloat16:
+                m.weight = nnx.Param(w16)
+                m.packed = True
+                count += 1
+    return count
 
 
 def linear(in_features: int, out_features: int, *, bias: bool, dtype, rngs: nnx.Rngs) -> Linear:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from qwen3tts_jax import buckets
 from qwen3tts_jax.config import SpeakerEncoderConfig
 from qwen3tts_jax.mel import MelConfig, log_mel, reflect_index
 
@@ -238,12 +239,6 @@ def min_samples(cfg: SpeakerEncoderConfig) -> int:
     return max(mel.min_samples, min_frames(cfg) * mel.hop_size)
 
 
-def bucket_frames(num_frames: int) -> int:
-    """Padded frame count for `num_frames`: multiples of 64 up to 512, then ~4 sizes per octave
-    (padding under 25%)."""
-    step = max(64, 1 << max(num_frames.bit_length() - 3, 0))
-    return -(-num_frames // step) * step
-
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_frames", "mel"))
 def _embed_padded(graphdef, state, pcm: jax.Array, lengths: jax.Array, *, num_frames: int,
@@ -280,7 +275,7 @@ def validate_pcm(pcm_24k: np.ndarray, cfg: SpeakerEncoderConfig) -> np.ndarray:
 def embed(module: SpeakerEncoder, pcm_24k: np.ndarray) -> np.ndarray:
     """The x-vector `float32 [enc_dim]` of one mono 24 kHz clip (`extract_speaker_embedding`).
 
-    The clip is zero-padded to a bucket length (`bucket_frames`) and its true length is passed
+    The clip is zero-padded to a bucket length (`buckets.mel_frames`) and its true length is passed
     along, so a handful of compiled shapes serve every clip length with the same result as
     the reference on the unpadded clip.
     """
@@ -294,7 +289,7 @@ def embed_batch(module: SpeakerEncoder, clips: list[np.ndarray]) -> np.ndarray:
         raise ValueError("no clips given")
     pcms = [validate_pcm(c, cfg) for c in clips]
     mel = mel_config(cfg)
-    frames = bucket_frames(max(mel.num_frames(p.size) for p in pcms))
+    frames = buckets.mel_frames(max(mel.num_frames(p.size) for p in pcms))
     buf = np.zeros((len(pcms), (frames + 1) * mel.hop_size), np.float32)  # any S with S // hop <= frames
     for row, pcm in zip(buf, pcms, strict=True):
         row[:pcm.size] = pcm

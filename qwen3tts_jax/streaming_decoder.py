@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qwen3tts_jax.codec_decoder import CodecDecoder, Context, bucket, check_codes
+from qwen3tts_jax import buckets
+from qwen3tts_jax.codec_decoder import CodecDecoder, Context, check_codes
 
 LOOKAHEAD_FRAMES = 0  # frames the decoder must see beyond frame t before t's samples are final
 
@@ -127,7 +128,7 @@ class StreamingDecoder:
         t = a.shape[1]
         if t == 0:
             return single.state
-        padded = np.zeros((1, bucket(t), a.shape[2]), np.int32)
+        padded = np.zeros((1, buckets.codec_frames(t), a.shape[2]), np.int32)
         padded[0, :t] = a[0]
         _, state = single.step(single.state, padded, np.asarray([t], np.int32))
         return state

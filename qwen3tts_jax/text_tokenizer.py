@@ -229,7 +229,11 @@ class TextTokenizer:
 
     # -- plain tokenization ------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`; added tokens in it are recognised, none are added around it."""
+        """Token ids of `text`; added tokens in it are recognised, none are added around it.
+
+        ValueError for what is not a str of Unicode scalar values (a lone surrogate such as
+        "\\ud800", which JSON can carry, has no UTF-8 form for the byte-level BPE)."""
+        check_text(text)
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
@@ -285,6 +289,17 @@ class TextTokenizer:
     def ref_text_ids(self, ref_text: str) -> list[int]:
         """The reference text's ids as the reference slices them: `ref_ids(ref_text)[3:-2]`."""
         return split_ref(self.ref_ids(ref_text))
+
+
+def check_text(text: str, what: str = "text") -> None:
+    """ValueError unless `text` is a str that UTF-8 can encode (no lone surrogates)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} is not valid Unicode: {e.object[e.start:e.end]!r} at position {e.start} "
+                         "is a lone surrogate") from None
 
 
 def split_assistant(ids: Sequence[int]) -> tuple[list[int], list[int]]:

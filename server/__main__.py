@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from .app import ServerConfig, TTSServer
+from .app import TTSServer
+from .config import ServerConfig
 
 
 class JsonFormatter(logging.Formatter):
@@ -137,9 +138,9 @@ def enable_compile_cache(path: str | None) -> Path | None:
         jax.config.update("jax_enable_compilation_cache", False)
         return None
 
-    from qwen3tts_jax.paths import default_cache_dir
+    from qwen3tts_jax import paths
 
-    where = Path(path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir() / "xla")
+    where = Path(path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or paths.xla_cache_dir())
     where.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(where))
     return where

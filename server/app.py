@@ -13,48 +13,23 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 from http import HTTPStatus
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from qwen3tts_jax.config import LANGUAGES_12HZ
+
 from . import protocol as P
-from .backend import Backend
+from .backend import DEMO_WARNING, Backend, display_languages
+from .config import ServerConfig
 from .session import Session
 from .voices import VoiceStore
-from .worker import DeviceWorker
+from .worker import DeviceWorker, Job, WorkerStopped
 
 log = logging.getLogger("qwen3tts.server")
-
-FALLBACK_LANGUAGES = ["Chinese", "English", "German", "Italian", "Portuguese", "Spanish",
-                      "Japanese", "Korean", "French", "Russian"]
-
-
-@dataclass
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8765
-    voices_dir: Path = Path(".cache/voices")
-    auth_token: str | None = None
-    max_sessions: int = 64
-    batch_slots: int = 8
-    max_message_bytes: int = 64 * 1024  # every control message
-    max_voice_message_bytes: int = 16 * 1024 * 1024  # registerVoice (base64 audio)
-    max_text_chars: int = 2000
-    max_queued_per_session: int = 8
-    request_timeout_s: float = 120.0
-    max_send_buffer_bytes: int = 4 * 1024 * 1024
-    prompt_cache_size: int = 32
-    max_audio_seconds: float = 120.0  # hard cap on one request's audio
-    auth_timeout_s: float = 10.0
-    shutdown_grace_s: float = 10.0
-    default_seed: int = 0
-    warmup: bool = True
-
 
 class TTSServer:
     def __init__(self, cfg: ServerConfig, loader, model_name: str = "?"):
@@ -78,7 +53,33 @@ class TTSServer:
     @property
     def languages(self) -> list[str]:
         b = self.backend
-        return list(b.languages) if b else FALLBACK_LANGUAGES
+        return list(b.languages) if b else display_languages(LANGUAGES_12HZ)  # until the model is loaded
+
+    def unavailable(self) -> tuple[str, str] | None:
+        """(code, message) while the model cannot take requests (loading or failed), else None."""
+        if self.backend is not None:
+            return None
+        if self.worker is not None and self.worker.state == "failed":
+            return "SYNTHESIS_ERROR", f"model failed to load: {self.worker.error}"
+        return "MODEL_LOADING", "the model is still loading; retry shortly"
+
+    def voice_prompt(self, voice):
+        """Awaitable: the voice's prompt for the loaded model (cached, computed on the worker)."""
+        return self.voices.prompt(voice, self.worker)
+
+    def register_voice(self, msg: P.RegisterVoice):
+        """Awaitable: validate, store and compute a new voice (see VoiceStore.register)."""
+        return self.voices.register(msg, self.worker, self.languages)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job on the device worker (queue.Full when saturated, WorkerStopped when down)."""
+        if self.worker is None:
+            raise WorkerStopped("starting")
+        self.worker.submit(job)
+
+    def cancel(self, job: Job) -> None:
+        if self.worker is not None:
+            self.worker.cancel(job)
 
     def check_token(self, presented: str | None) -> bool:
         if self.cfg.auth_token is None:
@@ -124,8 +125,6 @@ class TTSServer:
                              "seconds": round(time.perf_counter() - t0, 2), "demo": backend.is_demo,
                              "slots": self.cfg.batch_slots, "sampleRate": backend.sample_rate}))
         if backend.is_demo:
-            from .backend import DEMO_WARNING
-
             log.warning(json.dumps({"event": "demo_weights", "message": DEMO_WARNING}))
         default = self.voices.default_id()
         if self.cfg.warmup and default is not None:
@@ -249,8 +248,7 @@ def _warmup(backend: Backend, prompt) -> None:
     engine = backend.engine
     if hasattr(engine, "warmup"):  # every attention span: long streams never stall on a compile
         engine.warmup()
-    req = backend.request_cls(text="Warm up.", voice=prompt, language="English", seed=0,
-                              max_new_frames=4)
+    req = backend.defaults.request("Warm up.", prompt, "auto", seed=0, max_new_frames=4)
     engine.admit(0, req)
     try:
         for _ in range(4):

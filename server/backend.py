@@ -1,8 +1,9 @@
 """What the server needs from the model, and how it loads the real one.
 
-A `Backend` bundles the `Qwen3TTS` object (voice prompts, languages), its `BatchEngine`
-(continuous batching, driven only from the device worker thread), and the request and prompt
-classes. Tests build a Backend around a test double; the server never imports tests.
+A `Backend` bundles the model facade (voice prompts, languages), its `BatchEngine`
+(continuous batching, driven only from the device worker thread), the checkpoint's
+generation defaults and the request rules the server applies on top (`make_request`). Tests
+build a Backend around a test double of the same shape; the server never imports tests.
 """
 
 from __future__ import annotations
@@ -10,33 +11,64 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from qwen3tts_jax import paths
+from qwen3tts_jax.request import GenerationDefaults, GenerationRequest
 
 log = logging.getLogger("qwen3tts.server")
 
-DEMO_CHECKPOINT_DIR = Path(os.environ.get("QWEN3TTS_CACHE", ".cache")) / "demo-checkpoint"
 DEMO_WARNING = (
     "serving the embedded DEMO checkpoint with RANDOM weights: the audio is NOT speech. "
     "Give real weights with --model Qwen/Qwen3-TTS-12Hz-0.6B-Base or a local folder."
 )
 
 
+class Model(Protocol):
+    """The part of `Qwen3TTS` the server uses."""
+
+    def create_voice_prompt(self, ref_audio: Any, ref_text: str | None = None) -> Any: ...
+
+
+class Engine(Protocol):
+    """The part of `BatchEngine` the device worker uses."""
+
+    def admit(self, slot: int, request: GenerationRequest) -> None: ...
+    def step(self) -> dict[int, Any]: ...
+    def release(self, slot: int) -> None: ...
+    def active_slots(self) -> list[int]: ...
+
+
+class PromptLoader(Protocol):
+    """A voice prompt class: `load(path)` reads what `prompt.save(path)` wrote."""
+
+    def load(self, path: Any) -> Any: ...
+
+
 @dataclass
 class Backend:
-    tts: Any  # Qwen3TTS: create_voice_prompt(ref_audio, ref_text), languages
-    engine: Any  # BatchEngine: admit/step/release/active_slots/sample_rate
-    request_cls: Any  # GenerationRequest
-    prompt_cls: Any  # VoicePrompt (has .load(path))
+    tts: Model
+    engine: Engine
+    prompt_cls: PromptLoader
     model_key: str  # identifies the weights, so cached voice prompts of other models are ignored
     languages: list[str]
+    sample_rate: int
+    frame_rate: float  # codec frames per second of audio
+    defaults: GenerationDefaults = field(default_factory=GenerationDefaults)  # generation_config.json
     is_demo: bool = False
 
-    @property
-    def sample_rate(self) -> int:
-        return int(self.engine.sample_rate)
+    def make_request(self, text: str, voice: Any, language: str, *, seed: int, max_new_frames: int | None,
+                     max_audio_seconds: float, **sampling) -> GenerationRequest:
+        """A request with the checkpoint's defaults under the client's `sampling` (None keeps the
+        default). Without `max_new_frames`, a budget guards against a missing EOS: about 0.25 s
+        of audio per character + 3 s, at most `max_audio_seconds`."""
+        if max_new_frames is None:
+            seconds = min(max_audio_seconds, 3.0 + 0.25 * len(text))
+            max_new_frames = max(1, int(seconds * self.frame_rate))
+        return self.defaults.request(text, voice, language, seed=seed, max_new_frames=max_new_frames, **sampling)
 
 
 def model_fingerprint(path: str) -> str:
@@ -51,13 +83,15 @@ def model_fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def ensure_demo_checkpoint(dst: Path = DEMO_CHECKPOINT_DIR) -> Path:
-    """Build (once) or reuse the small random-weight demo checkpoint in the real layout."""
+def ensure_demo_checkpoint(dst: Path | None = None) -> Path:
+    """Build (once) or reuse the small random-weight demo checkpoint in the real layout
+    (default `paths.demo_checkpoint_dir()`)."""
+    from qwen3tts_jax.convert.demo import build_demo_checkpoint  # no torch
+
+    dst = dst or paths.demo_checkpoint_dir()
     if (dst / "config.json").exists():
         log.info(json.dumps({"event": "demo_checkpoint_reused", "path": str(dst)}))
         return dst
-    from qwen3tts_jax.convert.demo import build_demo_checkpoint  # lead's module; no torch
-
     log.info(json.dumps({"event": "demo_checkpoint_build", "path": str(dst)}))
     dst.parent.mkdir(parents=True, exist_ok=True)
     out = build_demo_checkpoint(dst)
@@ -66,42 +100,33 @@ def ensure_demo_checkpoint(dst: Path = DEMO_CHECKPOINT_DIR) -> Path:
 
 def load_backend(model: str | None, dtype: str, num_slots: int) -> Backend:
     """Load the real model (heavy imports here only). `model=None` means the demo checkpoint."""
+    from qwen3tts_jax import Qwen3TTS
+
     is_demo = model is None
     if is_demo:
         model = str(ensure_demo_checkpoint())
         log.warning(json.dumps({"event": "demo_weights", "message": DEMO_WARNING}))
-
-    from qwen3tts_jax import Qwen3TTS
-
-    request_cls = _first_attr("GenerationRequest", "qwen3tts_jax", "qwen3tts_jax.engine", "qwen3tts_jax.api")
-    prompt_cls = _first_attr("VoicePrompt", "qwen3tts_jax", "qwen3tts_jax.voice", "qwen3tts_jax.api")
     tts = Qwen3TTS.from_pretrained(model, dtype=dtype)
-    engine = tts.batch_engine(num_slots=num_slots)
+    return backend_for(tts, num_slots, f"{model_fingerprint(model)}-{dtype}", is_demo=is_demo)
+
+
+def backend_for(tts: Any, num_slots: int, model_key: str, is_demo: bool = False) -> Backend:
+    """The Backend of a loaded `Qwen3TTS`, with an engine of `num_slots`."""
+    from qwen3tts_jax import VoicePrompt
+
     return Backend(
         tts=tts,
-        engine=engine,
-        request_cls=request_cls,
-        prompt_cls=prompt_cls,
-        model_key=f"{model_fingerprint(model)}-{dtype}",
+        engine=tts.batch_engine(num_slots=num_slots),
+        prompt_cls=VoicePrompt,
+        model_key=model_key,
         languages=display_languages(tts.languages),
+        sample_rate=tts.sample_rate,
+        frame_rate=tts.sample_rate / tts.samples_per_frame,
+        defaults=tts.defaults,
         is_demo=is_demo,
     )
 
 
-def _first_attr(name: str, *modules: str):
-    """`name` from the first of `modules` that exports it (the engine's layout is still moving)."""
-    import importlib
-
-    for mod in modules:
-        try:
-            obj = getattr(importlib.import_module(mod), name, None)
-        except ImportError:
-            continue
-        if obj is not None:
-            return obj
-    raise ImportError(f"{name} not found in {modules}")
-
-
-def display_languages(names) -> list[str]:
+def display_languages(names: Sequence[str]) -> list[str]:
     """The engine's language names for clients: "english" -> "English"; "auto" is implied."""
     return [n.title() if n.islower() else n for n in names if n.lower() != "auto"]

@@ -147,7 +147,14 @@ def _get(msg: dict, key: str, typ: type | tuple, required: bool = False) -> Any:
     if not ok:
         names = "/".join(t.__name__ for t in types)
         raise ProtocolError("BAD_REQUEST", f"field {key!r} must be {names}")
+    if isinstance(value, str) and not _is_unicode(value):  # text for the tokenizer, names for the disk
+        raise ProtocolError("INVALID_TEXT" if key in TEXT_FIELDS else "BAD_REQUEST",
+                            f"field {key!r} is not valid Unicode (it holds a lone surrogate)")
     return value
+
+
+# Fields whose content the tokenizer reads: bad content there is INVALID_TEXT.
+TEXT_FIELDS = ("text", "transcript")
 
 
 def _choice(msg: dict, key: str, choices: tuple) -> Any:
@@ -169,6 +176,15 @@ def _sampling(msg: dict) -> Sampling:
             raise ProtocolError("BAD_REQUEST", f"field {wire!r} out of range")
         vals[attr] = float(v) if typ is float else v
     return Sampling(**vals)
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether UTF-8 can encode `text` (JSON's "\\ud800" escapes decode to lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_client_message(raw: str | bytes, max_bytes: int, max_voice_bytes: int) -> ClientMessage:

@@ -17,22 +17,40 @@ import queue
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from . import protocol as P
+from .backend import Backend
+from .config import ServerConfig
 from .resample import StreamResampler
-from .voices import canonical_language
+from .voices import Voice, VoiceStore, canonical_language
 from .worker import Job, WorkerStopped
-
-if TYPE_CHECKING:
-    from .app import TTSServer
 
 log = logging.getLogger("qwen3tts.server")
 
-FRAME_RATE_HZ = 12.5
+
+class ServerView(Protocol):
+    """All a session uses of its server (`app.TTSServer` is one): settings, voices, the model's
+    backend once loaded, and the device worker's queue through `submit` / `cancel`."""
+
+    cfg: ServerConfig
+    voices: VoiceStore
+    shutting_down: bool
+
+    @property
+    def backend(self) -> Backend | None: ...
+    @property
+    def languages(self) -> list[str]: ...
+    def capabilities(self) -> dict: ...
+    def check_token(self, presented: str | None) -> bool: ...
+    def unavailable(self) -> tuple[str, str] | None: ...
+    def voice_prompt(self, voice: Voice) -> Any: ...
+    def register_voice(self, msg: P.RegisterVoice) -> Any: ...
+    def submit(self, job: Job) -> None: ...
+    def cancel(self, job: Job) -> None: ...
 
 
 @dataclass
@@ -68,7 +86,7 @@ _CLOSE = object()
 
 
 class Session:
-    def __init__(self, server: TTSServer, ws: ServerConnection, sid: str, authed: bool):
+    def __init__(self, server: ServerView, ws: ServerConnection, sid: str, authed: bool):
         self.server = server
         self.cfg = server.cfg
         self.ws = ws
@@ -80,6 +98,7 @@ class Session:
         self._out: asyncio.Queue = asyncio.Queue()
         self._out_bytes = 0
         self.closing = False
+        self.stopping = False  # a `stop` was answered; the session is closing after its flush
         self._register_task: asyncio.Task | None = None
         self._prefetch: asyncio.Task | None = None
         self.idle = asyncio.Event()
@@ -165,6 +184,8 @@ class Session:
             async for raw in self.ws:
                 if self.closing:
                     break
+                if self.stopping:
+                    continue  # after `stop` nothing more is answered; the close is on its way
                 try:
                     self._dispatch(raw)
                 except Exception:  # noqa: BLE001 - a server bug must not kill the session
@@ -255,7 +276,7 @@ class Session:
 
     async def _prefetch_voice(self, voice_id: str) -> None:
         try:
-            await self.server.voices.prompt(self.server.voices.get(voice_id), self.server.worker)
+            await self.server.voice_prompt(self.server.voices.get(voice_id))
         except Exception as exc:  # noqa: BLE001 - the speak will report it
             self._log("voice_prefetch_failed", voice=voice_id, error=repr(exc))
 
@@ -269,11 +290,9 @@ class Session:
         if len(msg.text) > self.cfg.max_text_chars:
             raise P.ProtocolError("INVALID_TEXT", f"text longer than {self.cfg.max_text_chars} "
                                   "characters", rid)
-        if self.server.backend is None:
-            state = self.server.worker.state if self.server.worker else "loading"
-            if state == "failed":
-                raise P.ProtocolError("SYNTHESIS_ERROR", f"model failed to load: {self.server.worker.error}", rid)
-            raise P.ProtocolError("MODEL_LOADING", "the model is still loading; retry shortly", rid)
+        down = self.server.unavailable()
+        if down is not None:
+            raise P.ProtocolError(*down, rid)
         busy = self.current is not None
         if busy and len(self.waiting) >= self.cfg.max_queued_per_session:
             raise P.ProtocolError("RATE_LIMITED", f"more than {self.cfg.max_queued_per_session} "
@@ -307,7 +326,7 @@ class Session:
         try:
             language = canonical_language(s.language, server.languages)
             voice = server.voices.get(s.voice)
-            prompt = await server.voices.prompt(voice, server.worker)
+            prompt = await server.voice_prompt(voice)
         except P.ProtocolError as exc:
             return self._fail(run, exc.code, exc.message)
         except WorkerStopped:
@@ -318,22 +337,23 @@ class Session:
             return self._fail(run, "SYNTHESIS_ERROR", f"voice prompt failed: {type(exc).__name__}: {exc}")
         if run is not self.current or run.finished:
             return  # cancelled while the prompt was loading
+        backend = server.backend
+        if backend is None:
+            return self._fail(run, *(server.unavailable() or ("SYNTHESIS_ERROR", "the model is gone")))
         samp = s.sampling.merged(speak.sampling)
-        kwargs = {"text": speak.text, "voice": prompt, "language": language,
-                  "seed": samp.seed if samp.seed is not None else self.cfg.default_seed,
-                  "max_new_frames": samp.max_frames or self._frame_budget(speak.text)}
-        for attr in ("greedy", "temperature", "top_k", "top_p", "repetition_penalty"):
-            if getattr(samp, attr) is not None:
-                kwargs[attr] = getattr(samp, attr)
         try:
-            request = server.backend.request_cls(**kwargs)
+            request = backend.make_request(
+                speak.text, prompt, language, seed=samp.seed if samp.seed is not None else self.cfg.default_seed,
+                max_new_frames=samp.max_frames, max_audio_seconds=self.cfg.max_audio_seconds,
+                **{attr: getattr(samp, attr) for attr in ("greedy", "temperature", "top_k", "top_p",
+                                                           "repetition_penalty")})
         except (TypeError, ValueError) as exc:
             return self._fail(run, "BAD_REQUEST", str(exc))
-        run.resampler = StreamResampler(server.backend.sample_rate, s.sample_rate)
+        run.resampler = StreamResampler(backend.sample_rate, s.sample_rate)
         run.job = Job(request, speak.priority, lambda kind, payload: self._on_event(run, kind, payload),
                       label=f"{self.sid}/{rid or self.n_requests}")
         try:
-            server.worker.submit(run.job)
+            server.submit(run.job)
         except queue.Full:
             return self._fail(run, "RATE_LIMITED", "the device queue is full; retry shortly")
         except WorkerStopped:
@@ -341,11 +361,6 @@ class Session:
         run.timer = asyncio.get_running_loop().call_later(self.cfg.request_timeout_s, self._on_timeout, run)
         self._log("speak", requestId=rid, chars=len(speak.text), priority=speak.priority,
                   voice=s.voice, language=s.language, sampleRate=s.sample_rate)
-
-    def _frame_budget(self, text: str) -> int:
-        """Guard against runaway generation (missing EOS): about 0.25 s per character + 3 s."""
-        seconds = min(self.cfg.max_audio_seconds, 3.0 + 0.25 * len(text))
-        return max(1, int(seconds * FRAME_RATE_HZ))
 
     # -- events from the worker (on the loop) ------------------------------------------------
     def _on_event(self, run: Running, kind: str, payload: Any) -> None:
@@ -386,7 +401,7 @@ class Session:
         if run.timer:
             run.timer.cancel()
         if run.job is not None:
-            self.server.worker.cancel(run.job)  # a no-op for a finished job; frees a running slot
+            self.server.cancel(run.job)  # a no-op for a finished job; frees a running slot
         if self.current is run:
             self.current = None
 
@@ -446,6 +461,9 @@ class Session:
         self.idle.set()
 
     def _on_stop(self, msg: P.Stop) -> None:
+        if self.stopping:  # one `stopped` per session, however many `stop`s arrive before the close
+            return
+        self.stopping = True
         self._on_cancel()
         reason = msg.reason or "client stop"
         self.send({"type": "stopped", "reason": reason})
@@ -463,13 +481,14 @@ class Session:
     def _on_register(self, msg: P.RegisterVoice) -> None:
         if self._register_task is not None and not self._register_task.done():
             raise P.ProtocolError("RATE_LIMITED", "one registerVoice at a time per session")
-        if self.server.backend is None:
-            raise P.ProtocolError("MODEL_LOADING", "the model is still loading; retry shortly")
+        down = self.server.unavailable()
+        if down is not None:
+            raise P.ProtocolError(*down)
         self._register_task = self._spawn(self._register(msg))
 
     async def _register(self, msg: P.RegisterVoice) -> None:
         try:
-            voice = await self.server.voices.register(msg, self.server.worker, self.server.languages)
+            voice = await self.server.register_voice(msg)
         except P.ProtocolError as exc:
             return self.send_error(exc.code, exc.message)
         except Exception as exc:  # noqa: BLE001

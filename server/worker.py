@@ -102,7 +102,7 @@ class DeviceWorker:
         if b is None:
             return
         try:
-            req = b.request_cls(text="Warm up.", voice=prompt, language=language, max_new_frames=1)
+            req = b.defaults.request("Warm up.", prompt, language, max_new_frames=1)
             self._commands.put_nowait(("warm", req))
         except Exception:  # noqa: BLE001 - warming is an optimisation only
             pass

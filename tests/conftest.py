@@ -1,13 +1,11 @@
 """Shared fixtures: random-weight reference checkpoints, converted by the real converter.
 
 Building a tiny checkpoint takes a few seconds, so each (preset, seed) is built once per
-test session; the full-size 0.6B checkpoint is cached on disk between runs
-(`QWEN3TTS_CACHE`, default `.cache/` in the repository).
+test session, in pytest's temporary folder.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import jax
@@ -17,7 +15,6 @@ import pytest
 jax.config.update("jax_default_matmul_precision", "highest")
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("QWEN3TTS_CACHE", REPO / ".cache"))
 
 
 class Checkpoints:

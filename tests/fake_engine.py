@@ -19,7 +19,8 @@ import numpy as np
 import soundfile as sf
 
 # The real request and output types: the double fakes the model, not the contract.
-from qwen3tts_jax.engine import GenerationRequest, SlotOutput
+from qwen3tts_jax.engine import SlotOutput
+from qwen3tts_jax.request import GenerationRequest
 
 SAMPLE_RATE = 24000
 FRAME = 1920

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 from qwen3tts_jax.server import protocol as P
-from qwen3tts_jax.server.app import ServerConfig, TTSServer
+from qwen3tts_jax.server.app import TTSServer
 from qwen3tts_jax.server.backend import Backend
+from qwen3tts_jax.server.config import ServerConfig
 from websockets.asyncio.client import connect
 
-from tests.fake_engine import LANGUAGES, FakeTTS, FakeVoicePrompt, GenerationRequest
+from tests.fake_engine import FRAME, LANGUAGES, SAMPLE_RATE, FakeTTS, FakeVoicePrompt
 
 TIMEOUT = 20.0
 
@@ -26,8 +27,8 @@ def arun(coro, timeout: float = 60.0):
 
 def fake_loader(fake: FakeTTS, slots: int):
     def load() -> Backend:
-        return Backend(tts=fake, engine=fake.batch_engine(slots), request_cls=GenerationRequest,
-                       prompt_cls=FakeVoicePrompt, model_key="fake", languages=list(LANGUAGES))
+        return Backend(tts=fake, engine=fake.batch_engine(slots), prompt_cls=FakeVoicePrompt, model_key="fake",
+                       languages=list(LANGUAGES), sample_rate=SAMPLE_RATE, frame_rate=SAMPLE_RATE / FRAME)
     return load
 
 

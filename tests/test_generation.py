@@ -107,10 +107,11 @@ def test_greedy_codes_equal_the_reference_with_packed_weights(released_format, m
     voice = icl if mode == "icl" else VoicePrompt(icl.speaker_embedding)
     ref_codes, _ = ref.clone(TEXT * 2, voice, "English", 60)
     ours = tts.generate_codes(TEXT * 2, voice, "English", greedy=True, max_new_frames=60)
-    spec, packed = tts.decode_parts(rows=1)  # what a one-row engine decodes with
-    talker = nnx.merge(spec.talker_def, packed.talker)
+    parts = tts.decode_parts(rows=1)  # what a one-row engine decodes with
+    talker = nnx.merge(parts.spec.talker_def, parts.weights.talker)
     assert talker.codec_head.weight[...].dtype == talker.layers[0].mlp.up_proj.weight[...].dtype == jnp.bfloat16
-    assert packed.heads[0].dtype == jnp.bfloat16
+    assert talker.codec_head.packed and talker.layers[0].mlp.up_proj.packed
+    assert parts.spec.packed_heads and parts.weights.heads[0].dtype == jnp.bfloat16
     np.testing.assert_array_equal(ours, ref_codes[0])
     assert len(ours) >= 2
 

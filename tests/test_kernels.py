@@ -54,16 +54,19 @@ class _Net(nnx.Module):
 def test_packing_is_lossless_and_only_takes_bfloat16_exact_linear_weights():
     net = _Net(nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(2).standard_normal((5, 64)), jnp.float32)
-    graph, state = nnx.split(net)
-    untouched = layers.pack_linear_weights(state)  # random float32 weights are not bfloat16 values
-    assert all(w.dtype == jnp.float32 for w in jax.tree.leaves(untouched))
+    assert layers.pack_linears(net) == 0  # random float32 weights are not bfloat16 values
+    assert all(w.dtype == jnp.float32 for w in jax.tree.leaves(nnx.state(net)))
+    assert not net.a.packed
     net.a.weight = nnx.Param(net.a.weight[...].astype(jnp.bfloat16).astype(jnp.float32))
     net.b.weight = nnx.Param(net.b.weight[...].astype(jnp.bfloat16).astype(jnp.float32))
     net.norm.weight = nnx.Param(jnp.full((96,), 0.5))  # exact in bfloat16, but not a Linear weight
-    graph, state = nnx.split(net)
     before = np.asarray(net(x))
-    packed = nnx.merge(graph, layers.pack_linear_weights(state))
+    packed = nnx.merge(*nnx.split(net))
+    assert layers.pack_linears(packed) == 2
+    assert packed.a.packed and packed.b.packed and not net.a.packed  # a copy was packed, not `net`
     assert packed.a.weight[...].dtype == packed.b.weight[...].dtype == jnp.bfloat16
+    ops = str(jax.make_jaxpr(lambda x: packed(x))(x))
+    assert ops.count("ffi_call") == 2 and "dot_general" not in ops  # the kernel, explicitly
     assert packed.a.bias[...].dtype == packed.norm.weight[...].dtype == jnp.float32
     after = np.asarray(jax.jit(lambda x: packed(x))(x))
     assert after.dtype == np.float32

@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from qwen3tts_jax.server.backend import Backend, display_languages
+from qwen3tts_jax.server.backend import Backend, backend_for
 
 from tests.server_harness import Client, arun, running_server
 from tests.test_server_voices import wav_b64
@@ -23,11 +23,8 @@ def tts(tiny_checkpoint):
 
 
 def real_loader(tts, slots: int = SLOTS):
-    from qwen3tts_jax import GenerationRequest, VoicePrompt
-
     def load() -> Backend:
-        return Backend(tts=tts, engine=tts.batch_engine(slots), request_cls=GenerationRequest,
-                       prompt_cls=VoicePrompt, model_key="tiny", languages=display_languages(tts.languages))
+        return backend_for(tts, slots, model_key="tiny")
     return load
 
 

@@ -155,7 +155,8 @@ def _slow_server(tmp_path, fake, loader):
     """A server whose model is not loaded when it starts listening."""
     import contextlib
 
-    from qwen3tts_jax.server.app import ServerConfig, TTSServer
+    from qwen3tts_jax.server.app import TTSServer
+    from qwen3tts_jax.server.config import ServerConfig
 
     @contextlib.asynccontextmanager
     async def ctx():

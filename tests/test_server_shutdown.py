@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import asyncio, sys
 from qwen3tts_jax.server.__main__ import serve_forever, setup_logging
-from qwen3tts_jax.server.app import ServerConfig, TTSServer
+from qwen3tts_jax.server.app import TTSServer
+from qwen3tts_jax.server.config import ServerConfig
 from tests.fake_engine import FakeTTS
 from tests.server_harness import fake_loader
 setup_logging()

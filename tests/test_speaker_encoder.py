@@ -15,7 +15,6 @@ from qwen3tts_jax.config import CodePredictorConfig, Qwen3TTSConfig, SpeakerEnco
 from qwen3tts_jax.params import assign, flat_params
 from qwen3tts_jax.speaker_encoder import (
     SpeakerEncoder,
-    bucket_frames,
     embed,
     embed_batch,
     min_frames,
@@ -103,13 +102,6 @@ def test_padded_batch_equals_each_clip(tiny_pair):
     assert got.shape == (3, TINY.enc_dim)
     for row, clip in zip(got, clips, strict=True):
         assert rel_err(row, _reference_embedding(ref, clip)) < 1e-4
-
-
-def test_buckets():
-    sizes = {bucket_frames(n) for n in range(1, 4000)}
-    assert all(bucket_frames(n) >= n for n in range(1, 4000))
-    assert all(bucket_frames(n) % 64 == 0 and bucket_frames(n) < max(n + 64, 1.25 * n) for n in range(1, 4000))
-    assert len(sizes) < 30  # a handful of compiled shapes cover clips up to ~40 s
 
 
 def test_min_length_is_the_reference_limit():

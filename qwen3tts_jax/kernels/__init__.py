@@ -3,9 +3,9 @@
 `bf16_matmul`: float32 activations times bfloat16 weights with float32 arithmetic (see
 bf16_matmul.cc for why). The source ships with the package and is compiled once per machine
 with the system C++ compiler (`$CXX`, else `c++`) against the FFI headers jaxlib ships, into
-`$QWEN3TTS_JAX_CACHE/kernels` (default `~/.cache/qwen3tts_jax/kernels`), keyed by the source,
-jaxlib's version and the CPU. Without a compiler, or with `QWEN3TTS_JAX_CPU_KERNELS=0`,
-`available()` is False and callers keep the plain XLA path: slower, never wrong.
+`paths.kernels_dir()` (`~/.cache/qwen3tts_jax/kernels`), keyed by the source, jaxlib's version
+and the CPU. Without a compiler, or with `QWEN3TTS_JAX_CPU_KERNELS=0` (read on every call of
+`available()`), it is False and callers keep the plain XLA path: slower, never wrong.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from qwen3tts_jax.paths import default_cache_dir
+from qwen3tts_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,22 @@ def _compile(out: Path) -> None:
         os.replace(built, out)  # atomic: concurrent first uses each build, one wins
 
 
-@functools.cache
+SWITCH = "QWEN3TTS_JAX_CPU_KERNELS"  # "0" turns the kernels off
+
+
 def available() -> bool:
-    """Whether the kernels are built and registered (compiles them on the first call)."""
-    if os.environ.get("QWEN3TTS_JAX_CPU_KERNELS", "1") == "0":
-        return False
+    """Whether the kernels are switched on (`$QWEN3TTS_JAX_CPU_KERNELS` != "0") and built and
+    registered (compiled on the first call)."""
+    return os.environ.get(SWITCH, "1") != "0" and _registered()
+
+
+@functools.cache
+def _registered() -> bool:
     try:
         import jaxlib
 
         key = hashlib.sha256(SOURCE.read_bytes() + jaxlib.__version__.encode() + _cpu_identity().encode())
-        lib_path = default_cache_dir() / "kernels" / f"bf16_matmul-{key.hexdigest()[:16]}.so"
+        lib_path = paths.kernels_dir() / f"bf16_matmul-{key.hexdigest()[:16]}.so"
         if not lib_path.exists():
             _compile(lib_path)
         lib = ctypes.cdll.LoadLibrary(str(lib_path))
@@ -85,10 +91,11 @@ def available() -> bool:
 def bf16_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     """`x [..., K] (float32) @ w.T` for a bfloat16 weight `w [N, K]`, float32 arithmetic.
 
-    Uses the kernel on the CPU backend when `available()`, else XLA's dot on the widened weight
-    (the same values; fast on accelerators, slow on CPU).
+    Uses the kernel on the CPU backend when it is registered, else XLA's dot on the widened
+    weight (the same values; fast on accelerators, slow on CPU). Whether to pack weights for it
+    at all is the caller's choice (`available()`), made once per engine.
     """
-    if jax.default_backend() != "cpu" or not available():
+    if jax.default_backend() != "cpu" or not _registered():
         return jax.lax.dot_general(x, w.astype(x.dtype), (((x.ndim - 1,), (1,)), ((), ())))
     flat = x.reshape(-1, x.shape[-1])
     y = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((flat.shape[0], w.shape[0]), jnp.float32))(flat, w)

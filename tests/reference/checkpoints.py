@@ -8,7 +8,10 @@ whose default init is degenerate, and writes what an official folder holds:
 
 Configs start from the released 0.6B-Base files (convert/assets/hf-configs) and shrink sizes
 only: every real token id, codec id, language id, sample rate and frame rate is kept, so the
-reference's `generate` and the wrapper run on these folders unchanged.
+reference's `generate` and the wrapper run on these folders unchanged. The exception is
+"tiny-own-ids": its own small tokenizer (`small_tokenizer.py`), a text embedding sized for it,
+and codec control, language and vocabulary sizes moved, so that no id of the released files
+is right for it.
 """
 
 from __future__ import annotations
@@ -48,7 +51,31 @@ PRESETS: dict[str, dict] = {
                       predictor=_TINY_PREDICTOR, speaker=_TINY_SPEAKER, size="1b7"),
     # the released sizes (benchmarks and key coverage)
     "real-0.6b": dict(talker={}, predictor={}, speaker={}, size=None, real=True),
+    # every id its own: tokenizer, tts_* and role ids, codec control and language ids, vocab sizes
+    "tiny-own-ids": dict(talker=_TINY_TALKER, predictor=_TINY_PREDICTOR, speaker=_TINY_SPEAKER, size="0b6",
+                         own_ids=True),
 }
+
+# "tiny-own-ids": codec control ids moved up by this much, language ids by this much, and the
+# talker's codec vocabulary (so its control range, vocab_size - 1024 onwards) shrunk.
+_OWN_CONTROL_SHIFT, _OWN_LANGUAGE_SHIFT, _OWN_CODEC_VOCAB = 600, 100, 3000
+
+
+def _own_ids(main: dict) -> None:
+    """Point every id of `main` (config.json) at the small tokenizer and move the codec ids."""
+    from tests.reference import small_tokenizer
+
+    ids = small_tokenizer.ids()
+    main.update(im_start_token_id=ids["<|im_start|>"], im_end_token_id=ids["<|im_end|>"],
+                tts_pad_token_id=ids["<tts_pad>"], tts_bos_token_id=ids["<tts_text_bos>"],
+                tts_eos_token_id=ids["<tts_text_eod>"], assistant_token_id=ids["assistant"])
+    t = main["talker_config"]
+    t["text_vocab_size"] = small_tokenizer.text_vocab_size()
+    t["vocab_size"] = _OWN_CODEC_VOCAB
+    for key in ("codec_pad_id", "codec_bos_id", "codec_eos_token_id", "codec_think_id", "codec_nothink_id",
+                "codec_think_bos_id", "codec_think_eos_id"):
+        t[key] += _OWN_CONTROL_SHIFT
+    t["codec_language_id"] = {k: v + _OWN_LANGUAGE_SHIFT for k, v in t["codec_language_id"].items()}
 
 
 def hf_configs(preset: str) -> tuple[dict, dict]:
@@ -65,6 +92,8 @@ def hf_configs(preset: str) -> tuple[dict, dict]:
     main["tts_model_size"] = spec["size"]
     tok["decoder_config"].update(_TINY_DECODER)
     tok["encoder_config"].update(_TINY_ENCODER)
+    if spec.get("own_ids"):
+        _own_ids(main)
     return main, tok
 
 
@@ -153,6 +182,10 @@ def build_checkpoint(dst: str | Path, preset: str = "tiny", seed: int = 0, dtype
     for name in ("generation_config.json", "preprocessor_config.json", "tokenizer_config.json",
                  "vocab.json", "merges.txt"):
         shutil.copyfile(BASE_06B / name, dst / name)
+    if PRESETS[preset].get("own_ids"):
+        from tests.reference import small_tokenizer
+
+        small_tokenizer.write(dst)
     shutil.copyfile(BASE_06B / "speech_tokenizer" / "preprocessor_config.json",
                  dst / "speech_tokenizer" / "preprocessor_config.json")
     return dst

@@ -1,4 +1,4 @@
-"""The jitted decode core: bucketed prefill of one row, and one device call per frame for all rows.
+"""Code generation: bucketed prefill of one row, and one device call per frame for all rows.
 
 A frame step, for every row of the batch at once:
   1. the code predictor expands the row's last c0 into codebooks 1..15 (its 15 sequential
@@ -10,7 +10,10 @@ A frame step, for every row of the batch at once:
   3. the next c0 is sampled on device with the row's own parameters and PRNG stream.
 Rows are independent (own lengths, prompts, parameters, EOS); finished or empty rows still
 flow through the fixed shapes but never change. Shapes never depend on the data, so the
-frame step compiles once and prefill once per length bucket.
+frame step compiles once per attention span and prefill once per length bucket.
+
+`DecodeParts` is what a model hands the engine: the static spec and the weights, split from
+the modules once (`make_parts`), optionally packed for the CPU kernel (`pack_parts`).
 """
 
 from __future__ import annotations
@@ -22,10 +25,20 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from qwen3tts_jax import kernels
+from qwen3tts_jax.code_predictor import frame_embedding
+from qwen3tts_jax.config import Qwen3TTSConfig
 from qwen3tts_jax.kv_cache import KVCache
-from qwen3tts_jax.layers import bf16_if_exact, dot_weight, pack_linear_weights
-from qwen3tts_jax.prompt import frame_embedding
+from qwen3tts_jax.layers import bf16_if_exact, dot_weight, pack_linears
 from qwen3tts_jax.sampling import SamplingParams, draw, talker_logits_processors
+
+# The reference never samples the talker's top 1024 ids but EOS (its `suppress_tokens` are
+# `range(vocab_size - 1024, vocab_size)` minus `codec_eos_token_id`): the control range.
+CONTROL_RANGE = 1024
+# The reference blocks EOS until this many c0 tokens exist (`min_new_tokens=2` in generate).
+MIN_NEW_TOKENS = 2
+# Engines of up to this many rows decode with packed bfloat16 weights on CPU (`packing_pays`).
+PACKED_MAX_ROWS = 4
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -48,6 +61,8 @@ class DecodeSpec:
     # so accelerators keep the form with no device-side control flow. On CPU the two run
     # equally fast and the loop compiles in half the time. See `unroll_predictor_default`.
     unroll_predictor: bool = False
+    # The predictor's heads are bfloat16 and go through `kernels.bf16_matmul` (`pack_parts`).
+    packed_heads: bool = False
 
 
 @jax.tree_util.register_dataclass
@@ -81,23 +96,61 @@ class RowState:
     active: jax.Array        # bool
 
 
-def make_weights(talker, predictor, tts_pad_id: int) -> tuple[nnx.GraphDef, nnx.GraphDef, Weights]:
+@dataclasses.dataclass(frozen=True, eq=False)
+class DecodeParts:
+    """What the engine decodes with: the static spec and the weights (split once)."""
+
+    spec: DecodeSpec
+    weights: Weights
+
+    @property
+    def dtype(self):
+        """The talker's activation and cache dtype."""
+        return self.weights.tts_pad.dtype
+
+
+def make_parts(talker, predictor, config: Qwen3TTSConfig) -> DecodeParts:
+    """Split the talker and code predictor once into a spec and weights; every id and size
+    comes from `config`."""
+    t = config.talker
     t_def, t_state = nnx.split(talker)
     p_def, p_state = nnx.split(predictor)
     heads = tuple(h.weight[...] for h in predictor.lm_head)
     embeddings = jnp.stack([e.embedding[...] for e in predictor.codec_embedding])
-    tts_pad = talker.embed_text(jnp.asarray([tts_pad_id]))[0]
-    return t_def, p_def, Weights(t_state, p_state, heads, embeddings, tts_pad)
+    tts_pad = talker.embed_text(jnp.asarray([config.tts_pad_token_id]))[0]
+    spec = DecodeSpec(t_def, p_def, eos_id=t.codec_eos_token_id, suppress_start=t.vocab_size - CONTROL_RANGE,
+                      min_new_tokens=MIN_NEW_TOKENS, groups=t.num_code_groups,
+                      unroll_predictor=unroll_predictor_default())
+    return DecodeParts(spec, Weights(t_state, p_state, heads, embeddings, tts_pad))
 
 
-def pack_weights(weights: Weights) -> Weights:
-    """The talker's and code predictor's matrices stored as bfloat16 where that is lossless
-    (`layers.pack_linear_weights`), for the CPU kernel. Worth it for a few rows: at batch 1
-    a frame step reads half the bytes (~1.6x faster on a 2-core CPU), while from ~8 rows
-    XLA's float32 matmul wins (BENCHMARKS.md)."""
-    return dataclasses.replace(
-        weights, talker=pack_linear_weights(weights.talker), predictor=pack_linear_weights(weights.predictor),
-        heads=tuple(bf16_if_exact(h) for h in weights.heads))
+def packing_pays(rows: int, dtype) -> bool:
+    """Whether an engine of `rows` should decode with `pack_parts`: a float32 model on the CPU
+    backend with the kernel on, and few rows. At batch 1 a frame step then reads half the
+    bytes (~1.6x faster on a 2-core CPU); from ~8 rows XLA's float32 matmul wins
+    (BENCHMARKS.md)."""
+    return (rows <= PACKED_MAX_ROWS and jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu"
+            and kernels.available())
+
+
+def pack_parts(parts: DecodeParts) -> DecodeParts:
+    """The same model with every bfloat16-exact matrix stored as bfloat16 and multiplied by the
+    CPU kernel, chosen explicitly: `Linear.packed` in the new GraphDefs (`layers.pack_linears`)
+    and `DecodeSpec.packed_heads` for the predictor's heads (all or none). Lossless; the float32
+    weights stay as they are, so keeping both costs about 1.5x the weight memory."""
+    spec, w = parts.spec, parts.weights
+    talker = nnx.merge(spec.talker_def, w.talker)
+    predictor = nnx.merge(spec.predictor_def, w.predictor)
+    pack_linears(talker)
+    pack_linears(predictor)
+    t_def, t_state = nnx.split(talker)
+    p_def, p_state = nnx.split(predictor)
+    heads16 = tuple(bf16_if_exact(h) for h in w.heads)
+    packed_heads = all(h.dtype == jnp.bfloat16 for h in heads16)
+    heads = heads16 if packed_heads else w.heads
+    return DecodeParts(
+        dataclasses.replace(spec, talker_def=t_def, predictor_def=p_def, packed_heads=packed_heads),
+        dataclasses.replace(w, talker=t_state, predictor=p_state, heads=heads))
 
 
 def empty_state(batch: int, max_len: int, trailing_len: int, talker_cfg, dtype) -> RowState:
@@ -175,7 +228,9 @@ def _expand_frame(spec: DecodeSpec, weights: Weights, state: RowState, keys):
     h, cache = predictor(x, jnp.broadcast_to(jnp.arange(2, dtype=jnp.int32), (b, 2)), cache, zeros)
 
     def head_logits(head, h_last):
-        return dot_weight(h_last, head.astype(h_last.dtype)).astype(jnp.float32)
+        if spec.packed_heads:
+            return kernels.bf16_matmul(h_last, head)
+        return dot_weight(h_last, head).astype(jnp.float32)
     # One branch per head: indexing stacked heads with the traced j would copy 8 MB per step.
     heads = [functools.partial(head_logits, head) for head in weights.heads]
 
@@ -240,7 +295,7 @@ def decode_frames(spec: DecodeSpec, weights: Weights, state: RowState, frames: i
     """`frames` frame steps in one device call.
 
     `attend_len` (static) bounds the talker's attention to the first cache slots; the caller
-    guarantees every active row's last slot in this call is below it (see `attend_bucket`).
+    guarantees every active row's last slot in this call is below it (`buckets.attend_span`).
     Returns the state and `(codes [B, frames, G], made [B], finished [B])`: row b made its
     first `made[b]` frames of `codes` in this call (rows stop early at EOS or their limit),
     and `finished[b]` says its utterance ended here.
@@ -255,16 +310,6 @@ def decode_frames(spec: DecodeSpec, weights: Weights, state: RowState, frames: i
 def unroll_predictor_default() -> bool:
     """Straight-line code predictor steps everywhere but the CPU backend (see DecodeSpec)."""
     return jax.default_backend() != "cpu"
-
-
-def attend_bucket(needed: int, max_len: int, minimum: int = 128) -> int:
-    """The attention span for a step whose rows need `needed` slots: powers of two from
-    `minimum`, capped at the cache length, so a long-lived engine compiles only a few steps
-    and a short utterance never reads the whole preallocated cache."""
-    span = minimum
-    while span < needed:
-        span *= 2
-    return min(span, max_len)
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))
