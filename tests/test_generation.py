@@ -116,6 +116,26 @@ def test_greedy_codes_equal_the_reference_with_packed_weights(released_format, m
     assert len(ours) >= 2
 
 
+def test_packed_heads_reach_the_cpu_kernel(released_format):
+    """The frame step of a packed engine multiplies the code predictor's 15 heads with the kernel,
+    never widening them back to float32 first; an 8-row engine (XLA's float32 dot) calls no kernel."""
+    import jax
+
+    from qwen3tts_jax import generation
+
+    tts, _, _ = released_format
+    p = tts.config.code_predictor
+
+    def frame_step_ops(rows: int) -> str:
+        engine = tts.batch_engine(rows)
+        step = lambda state: generation.decode_frames(engine.spec, engine.weights, state, 1, 128)  # noqa: E731
+        return str(jax.make_jaxpr(step)(engine.state))
+    packed = frame_step_ops(1)
+    assert f"f32[{p.vocab_size},{p.hidden_size}] = convert_element_type" not in packed  # no widened head
+    assert packed.count("ffi_call") >= p.num_code_groups - 1
+    assert "ffi_call" not in frame_step_ops(8)
+
+
 def test_reference_builds_its_own_prompt_from_the_audio(setup, clip):
     """End to end: the reference encodes the clip itself (Mimi codes, x-vector, tokenizer)."""
     tts, ref, icl, _ = setup
