@@ -250,3 +250,36 @@ def test_shutdown_cancels_running_requests(tmp_path):
                 await shutdown
                 assert fake.engines[0].active_slots() == []
     arun(body())
+
+
+def test_text_that_is_not_unicode_is_invalid_text(tmp_path):
+    """JSON can carry a lone surrogate ("\\ud800"), which no tokenizer can take: INVALID_TEXT
+    with the request id, for speak text and a voice transcript, and the session keeps serving."""
+    from tests.test_server_voices import wav_b64
+
+    async def body():
+        async with running_server(tmp_path) as srv, Client.open(srv) as c:
+            await c.ws.send(json.dumps({"type": "speak", "text": "Hi \ud800 there", "requestId": "s1"}))
+            await expect_error(c, "INVALID_TEXT", "s1")
+            await c.ws.send(json.dumps({"type": "registerVoice", "voiceId": "eve", "audio": wav_b64(),
+                                        "transcript": "\udfff"}))
+            await expect_error(c, "INVALID_TEXT")
+            await c.ws.send(json.dumps({"type": "start", "voice": "x\ud800"}))
+            await expect_error(c, "BAD_REQUEST")
+            await still_serves(srv, c)
+    arun(body())
+
+
+def test_a_second_stop_gets_no_second_stopped(tmp_path):
+    async def body():
+        async with running_server(tmp_path) as srv, Client.open(srv) as c:
+            await c.send(type="stop", reason="one")
+            await c.send(type="stop", reason="two")
+            await c.send(type="speak", text="after the stop")
+            got = []
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    got.append(await c.recv_json())
+            assert got == [{"type": "stopped", "reason": "one"}]
+            await still_serves(srv)
+    arun(body())

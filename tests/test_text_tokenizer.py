@@ -280,3 +280,13 @@ def test_load_time():
         best = min(best, time.perf_counter() - t0)
     print(f"TextTokenizer.from_dir: {best * 1000:.0f} ms")
     assert best < 2.0  # ~0.3-0.4 s on a quiet core; generous for a loaded CI machine
+
+
+def test_a_lone_surrogate_is_a_clear_value_error(toks):
+    """A str that UTF-8 cannot encode (JSON's "\\ud800") is refused before the BPE sees it."""
+    tok = toks["qwen2"]
+    for text in ("\ud800", "Hello \udfff world"):
+        with pytest.raises(ValueError, match="lone surrogate"):
+            tok.text_ids(text)
+    with pytest.raises(ValueError, match="must be a str"):
+        tok.encode(b"bytes")
