@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make serve   start the server on an embedded demo checkpoint and write demo.wav through it
 #   make test    lint, then the whole test suite (parity against the PyTorch reference included)
+# (make bench: the CPU benchmarks of BENCHMARKS.md.)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q
@@ -43,8 +44,11 @@ lint: $(VENV)/.test
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The CPU benchmarks recorded in BENCHMARKS.md (each side by side with the reference, results in
+# benchmarks/results/): decode speed at batch 1-16, then the speech tokenizer. GPU: benchmarks/gpu.sh.
 bench: $(VENV)/.test
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/generation.py --frames 10 --batch 1 4 8 16 --dtypes float32
+	$(PY) benchmarks/codec.py
 
 clean-venv:
 	rm -rf $(VENV)

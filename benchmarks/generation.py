@@ -10,7 +10,7 @@ Both run in this one process, one after the other, on the same checkpoint and pr
 - JAX: ms per `BatchEngine.step` (one device call for talker + 15 code-predictor steps +
   sampling, then the streaming codec decode of the new frame) at each batch size, prefill
   (`admit`) time, and first-audio latency (admit + first step, PCM in hand); and the frame
-  step alone (`decode_frames`, no codec: the reference's unit) at attention spans 128 and 512.
+  step alone (`generate_frames`, no codec: the reference's unit) at attention spans 128 and 512.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def generate_only_ms(engine, span: int, frames: int, spec=None) -> float:
     spec = spec or engine.spec
 
     def one():
-        engine.state, out = generation.decode_frames(spec, engine.weights, engine.state, 1, span)
+        engine.state, out = generation.generate_frames(spec, engine.weights, engine.state, 1, span)
         jax.block_until_ready(out)
     one()  # compiles this span once
     return median_ms(timed(one, frames))
@@ -166,7 +166,7 @@ def bench_jax(src, dtype: str, batches: list[int], frames: int, both_loops: bool
     from qwen3tts_jax import generation, prompt
 
     # One frame step per batch size, one prefill per (prompt bucket, batch size): counted here.
-    out["compiled_executables"] = {"decode_frames": generation.decode_frames._cache_size(),
+    out["compiled_executables"] = {"generate_frames": generation.generate_frames._cache_size(),
                                    "prefill": generation.prefill._cache_size(),
                                    "prompt_embed": prompt._embed._cache_size()}
     cfg = tts.config.talker

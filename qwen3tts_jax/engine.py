@@ -131,7 +131,7 @@ class BatchEngine:
             raise RuntimeError("warm up before admitting requests")
         span = buckets.attend_span(1, self.max_seq_len)
         while True:
-            self.state, _ = generation.decode_frames(self.spec, self.weights, self.state, 1, span)
+            self.state, _ = generation.generate_frames(self.spec, self.weights, self.state, 1, span)
             if span >= self.max_seq_len:
                 break
             span = buckets.attend_span(span + 1, self.max_seq_len)
@@ -141,7 +141,7 @@ class BatchEngine:
         if self._slots.pop(slot, None) is not None:
             self.state = generation.release(self.state, np.int32(slot))
 
-    # -- decoding ---------------------------------------------------------------------------
+    # -- generation -------------------------------------------------------------------------
 
     def step(self) -> dict[int, SlotOutput]:
         """One frame for every active slot: {slot: SlotOutput} for the slots that were active."""
@@ -149,7 +149,7 @@ class BatchEngine:
             return {}
         needed = max(s.next_slot for s in self._slots.values()) + 1
         span = buckets.attend_span(needed, self.max_seq_len)
-        self.state, (codes, made, finished) = generation.decode_frames(self.spec, self.weights, self.state, 1, span)
+        self.state, (codes, made, finished) = generation.generate_frames(self.spec, self.weights, self.state, 1, span)
         pcm = None
         if self.decoder is not None:
             pcm, self.decoder.state = self.decoder.step(self.decoder.state, codes, made)

@@ -290,7 +290,7 @@ def _frame(spec: DecodeSpec, weights: Weights, state: RowState, attend_len: int 
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "frames", "attend_len"), donate_argnames=("state",))
-def decode_frames(spec: DecodeSpec, weights: Weights, state: RowState, frames: int = 1,
+def generate_frames(spec: DecodeSpec, weights: Weights, state: RowState, frames: int = 1,
                   attend_len: int | None = None):
     """`frames` frame steps in one device call.
 

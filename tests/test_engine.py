@@ -74,7 +74,7 @@ def test_steady_state_never_recompiles(tts, voices):
     engine = tts.batch_engine(2)
     engine.admit(0, _request(0, voices))
     engine.step()
-    sizes = (generation.decode_frames._cache_size(), generation.prefill._cache_size())
+    sizes = (generation.generate_frames._cache_size(), generation.prefill._cache_size())
     for _ in range(5):
         engine.step()
     engine.release(0)
@@ -84,18 +84,18 @@ def test_steady_state_never_recompiles(tts, voices):
     engine.admit(1, _request(1, voices))
     for _ in range(5):
         engine.step()
-    assert (generation.decode_frames._cache_size(), generation.prefill._cache_size()) == sizes
+    assert (generation.generate_frames._cache_size(), generation.prefill._cache_size()) == sizes
 
 
 def test_warmup_compiles_every_attention_span(tts, voices):
     """After `warmup`, a stream that grows across attention-span buckets compiles nothing."""
     engine = tts.batch_engine(1, max_seq_len=512)
     engine.warmup()
-    before = generation.decode_frames._cache_size()
+    before = generation.generate_frames._cache_size()
     engine.admit(0, _request(0, voices, 200))     # ~40-row prompt + 200 frames: spans 128 and 256
     while engine.active_slots():
         engine.step()
-    assert generation.decode_frames._cache_size() == before
+    assert generation.generate_frames._cache_size() == before
 
 
 def test_prompt_too_long_for_the_engine_is_rejected(tts, voices):
@@ -121,7 +121,7 @@ def test_unrolled_code_predictor_makes_the_same_frames(tts, voices, greedy):
         for slot in range(2):
             engine.admit(slot, GenerationRequest(TEXTS[slot], voices[slot], "English", seed=7 + slot,
                                                  greedy=greedy, max_new_frames=12))
-        engine.state, (codes, made, _) = generation.decode_frames(spec, engine.weights, engine.state, 6)
+        engine.state, (codes, made, _) = generation.generate_frames(spec, engine.weights, engine.state, 6)
         frames[unroll] = np.asarray(jax.device_get(codes))
         assert np.asarray(made).tolist() == [6, 6]
     assert len(np.unique(frames[False][:, :, 1:])) > 5   # real codebook 1..15 content, not zeros

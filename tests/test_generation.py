@@ -128,7 +128,7 @@ def test_packed_heads_reach_the_cpu_kernel(released_format):
 
     def frame_step_ops(rows: int) -> str:
         engine = tts.batch_engine(rows)
-        step = lambda state: generation.decode_frames(engine.spec, engine.weights, state, 1, 128)  # noqa: E731
+        step = lambda state: generation.generate_frames(engine.spec, engine.weights, state, 1, 128)  # noqa: E731
         return str(jax.make_jaxpr(step)(engine.state))
     packed = frame_step_ops(1)
     assert f"f32[{p.vocab_size},{p.hidden_size}] = convert_element_type" not in packed  # no widened head
