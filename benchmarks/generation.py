@@ -58,7 +58,24 @@ def bench_reference(src, frames: int) -> dict:
             "codec_decode_ms_per_frame": round(median_ms(decode) / frames, 1), "threads": os.cpu_count()}
 
 
-def bench_engine(tts, voice, b: int, frames: int, both_loops: bool = False) -> dict:
+def heads_ab(tts, engine, frames: int, rounds: int = 5) -> dict:
+    """The frame step (span 128) with the code predictor's heads on the CPU kernel (packed, as the
+    engine runs) and as XLA float32 dots, interleaved in rounds in this one process."""
+    parts = tts.decode_parts()  # the float32 parts the packed ones were made from
+    variants = {"kernel": (engine.spec, engine.weights),
+                "float32": (dataclasses.replace(engine.spec, packed_heads=False),
+                            dataclasses.replace(engine.weights, heads=parts.weights.heads))}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (spec, weights) in variants.items():
+            saved = engine.weights
+            engine.weights = weights
+            times[name].append(generate_only_ms(engine, GENERATE_SPANS[0], frames, spec))
+            engine.weights = saved
+    return {f"heads_{name}_ms_per_step_span_128": round(float(np.median(t)), 2) for name, t in times.items()}
+
+
+def bench_engine(tts, voice, b: int, frames: int, both_loops: bool = False, compare_heads: bool = False) -> dict:
     import jax
 
     from qwen3tts_jax import GenerationRequest
@@ -97,6 +114,8 @@ def bench_engine(tts, voice, b: int, frames: int, both_loops: bool = False) -> d
         spec = dataclasses.replace(engine.spec, unroll_predictor=unroll)
         other = {f"generate_ms_per_step_span_128_{'unrolled' if unroll else 'loop'}":
                  generate_only_ms(engine, GENERATE_SPANS[0], frames, spec)}
+    if compare_heads and engine.spec.packed_heads:
+        other |= heads_ab(tts, engine, frames)
     return {"ms_per_step": step_ms, "ms_per_frame": round(step_ms / b, 2), "x_realtime": round(b * 80 / step_ms, 3),
             "prefill_ms": median_ms(admit), "first_audio_ms": median_ms(first), "first_call_s": round(compile_s, 1),
             **{f"generate_ms_per_step_span_{span}": ms for span, ms in generate.items()}, **other}
@@ -147,14 +166,15 @@ def generate_only_ms(engine, span: int, frames: int, spec=None) -> float:
     return median_ms(timed(one, frames))
 
 
-def bench_jax(src, dtype: str, batches: list[int], frames: int, both_loops: bool, long_batch: bool) -> dict:
+def bench_jax(src, dtype: str, batches: list[int], frames: int, both_loops: bool, long_batch: bool,
+              compare_heads: bool = False) -> dict:
     from qwen3tts_jax import Qwen3TTS, VoicePrompt
 
     tts = Qwen3TTS.from_pretrained(converted(src, dtype))
     voice = VoicePrompt(np.random.default_rng(0).standard_normal(tts.config.talker.hidden_size).astype(np.float32))
     out = {}
     for b in batches:
-        out[f"batch_{b}"] = bench_engine(tts, voice, b, frames, both_loops)
+        out[f"batch_{b}"] = bench_engine(tts, voice, b, frames, both_loops, compare_heads)
         gc.collect()
         print(dtype, b, out[f"batch_{b}"], flush=True)
     out["device_memory"] = device_memory()
@@ -187,6 +207,9 @@ def main() -> None:
                         help="also time the code predictor's other loop form (unrolled vs fori_loop)")
     parser.add_argument("--long-batch", action="store_true",
                         help="also run 16 rows with 2048-frame caches and report device memory")
+    parser.add_argument("--heads-ab", action="store_true",
+                        help="packed engines: also time the code predictor's heads on the CPU kernel against "
+                             "XLA's float32 dot, interleaved")
     parser.add_argument("--name", default="generation_cpu")
     args = parser.parse_args()
     src = full_size_checkpoint(native=args.native)
@@ -197,7 +220,8 @@ def main() -> None:
         gc.collect()
         print("reference", result["reference_float32"], flush=True)
     for dtype in args.dtypes:
-        result[f"jax_{dtype}"] = bench_jax(src, dtype, args.batch, args.frames, args.both_loops, args.long_batch)
+        result[f"jax_{dtype}"] = bench_jax(src, dtype, args.batch, args.frames, args.both_loops, args.long_batch,
+                                           args.heads_ab)
     if "reference_float32" in result:
         ref = result["reference_float32"]["ms_per_frame"]
         result["speedup_vs_reference_batch1"] = {
