@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -31,6 +32,8 @@ from qwen3tts_jax.params import flat_params, nest
 SPEECH_TOKENIZER = "speech_tokenizer"
 _COMPILED = tuple((re.compile(r.source), r) for r in RULES)
 _IGNORED = tuple(re.compile(i.source) for i in IGNORED)
+
+log = logging.getLogger(__name__)
 
 
 class ConversionError(ValueError):
@@ -57,11 +60,12 @@ def _match(key: str) -> list[tuple[str, Transform]]:
 
 def plan(source_shapes: dict[str, tuple[int, ...]],
          targets: dict[str, dict[str, Any]],
-         where: dict[str, str] | None = None) -> dict[str, Assignment]:
+         where: dict[str, str] | None = None, unused: set[str] = frozenset()) -> dict[str, Assignment]:
     """Map every source key to a target, checking shapes; raise ConversionError listing all problems.
 
     `source_shapes`: namespaced key -> shape; `targets`: component -> {path: ShapeDtypeStruct};
-    `where`: namespaced key -> file name, for error messages.
+    `where`: namespaced key -> file name, for error messages; `unused`: components whose keys
+    are skipped (`components.unused`: in the files, never run by this model type).
     """
     where = where or {}
     problems: list[str] = []
@@ -80,6 +84,8 @@ def plan(source_shapes: dict[str, tuple[int, ...]],
             continue
         target, transform = matches[0]
         component, _, path = target.partition(".")
+        if component in unused and component not in targets:
+            continue
         if component not in targets:
             problems.append(f"{origin}key {key!r} maps to component {component!r}, "
                             "which this checkpoint's config does not have")
@@ -207,7 +213,12 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16"
         raise ConversionError(problems)
     targets = abstract_targets(cfg, dtype)
     where = {k: str(f.path) for k, (f, _) in sources.items()}
-    assignments = plan({k: f.shapes[key] for k, (f, key) in sources.items()}, targets, where)
+    skipped = components.unused(cfg)
+    assignments = plan({k: f.shapes[key] for k, (f, key) in sources.items()}, targets, where, skipped)
+    if skipped:
+        left = len(sources) - len(assignments)
+        log.info("%s model: %d source tensors not converted (the table's ignored keys, and %s, which this "
+                 "model type never runs)", cfg.tts_model_type, left, sorted(skipped))
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"

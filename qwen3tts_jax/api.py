@@ -30,20 +30,19 @@ from qwen3tts_jax.voice import VoicePrompt
 
 
 class Qwen3TTS:
-    """A loaded Qwen3-TTS 12 Hz Base model.
+    """A loaded Qwen3-TTS 12 Hz model: Base, CustomVoice or VoiceDesign (`model_type`).
 
     >>> tts = Qwen3TTS.from_pretrained("Qwen/Qwen3-TTS-12Hz-0.6B-Base")       # doctest: +SKIP
     >>> voice = tts.create_voice_prompt("ref.wav", ref_text="Okay. Yeah.")    # doctest: +SKIP
     >>> wav, sr = tts.synthesize("Hello world.", voice=voice, language="English")  # doctest: +SKIP
+    >>> tts = Qwen3TTS.from_pretrained("Qwen/Qwen3-TTS-12Hz-1.7B-CustomVoice")  # doctest: +SKIP
+    >>> wav, sr = tts.synthesize("Hello.", speaker="ryan", language="English")    # doctest: +SKIP
     """
 
     def __init__(self, model: LoadedModel):
         self.model = model
         self.config = model.config
         self.dtype = model.dtype
-        if self.config.speaker_encoder is None:
-            raise ValueError(f"{model.path}: only Base (voice-clone) checkpoints are supported; this one is "
-                             f"{self.config.tts_model_type!r}")
         self.tokenizer = TextTokenizer.from_dir(model.path)
         self.prompts = PromptBuilder(self.config, self.tokenizer, source=str(model.path))
         self.sample_rate = self.config.speech_tokenizer.output_sample_rate
@@ -88,17 +87,38 @@ class Qwen3TTS:
 
     @property
     def languages(self) -> list[str]:
-        """Language names the model knows (case-insensitive), plus "auto"."""
-        return ["auto"] + [name for name in self.config.talker.languages if "dialect" not in name]
+        """Language names a request may give (case-insensitive), plus "auto"; dialects are spoken
+        only by their preset speakers."""
+        return ["auto", *self.config.talker.spoken_languages]
+
+    @property
+    def model_type(self) -> str:
+        """"base" (voice cloning), "custom_voice" (preset speakers) or "voice_design"."""
+        return self.config.tts_model_type
+
+    @property
+    def speakers(self) -> list[str]:
+        """The preset speakers of a CustomVoice model (empty otherwise)."""
+        return list(self.config.talker.speakers)
+
+    @property
+    def supports_instruct(self) -> bool:
+        """Whether `instruct=` is honoured: CustomVoice 1.7B and VoiceDesign. A 0.6B CustomVoice
+        ignores it with a logged warning, as the reference does."""
+        return self.prompts.supports_instruct
 
     # -- voices -----------------------------------------------------------------------------
 
     def create_voice_prompt(self, ref_audio, ref_text: str | None = None) -> VoicePrompt:
-        """Speaker embedding (+ reference codes when `ref_text` is given: ICL mode).
+        """Speaker embedding (+ reference codes when `ref_text` is given: ICL mode). Base models only.
 
         `ref_audio`: a path, encoded bytes (wav/flac), or `(np.ndarray, sample_rate)`.
         `ref_text=None` (or empty) gives an x-vector-only prompt.
         """
+        if self.model_type != "base":
+            raise ValueError(f"create_voice_prompt clones a voice, which only Base models do; this is a "
+                             f"{self.model_type} model (" + (f"speakers: {self.speakers}" if self.speakers
+                                                             else "describe the voice with instruct=") + ")")
         wav = load_audio_24k(ref_audio)
         embedding = speaker_encoder.embed(self.model.speaker_encoder, wav)
         if not ref_text:
@@ -108,32 +128,47 @@ class Qwen3TTS:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def _requests(self, text, voice, language, seed, greedy, max_new_frames, non_streaming_text,
-                  sampling) -> tuple[list[GenerationRequest], bool]:
+    def _requests(self, text, voice, language, seed, greedy, max_new_frames, non_streaming_text, speaker,
+                  instruct, sampling) -> tuple[list[GenerationRequest], bool]:
+        """One request per text (scalars broadcast over a list of texts), every one checked
+        against this model before any runs."""
         single = isinstance(text, str)
         texts = [text] if single else list(text)
         n = len(texts)
-        voices = voice if isinstance(voice, list | tuple) else [voice] * n
-        languages = language if isinstance(language, list | tuple) else [language] * n
-        seeds = seed if isinstance(seed, list | tuple) else [seed + i for i in range(n)]
-        if not (len(voices) == len(languages) == len(seeds) == n):
-            raise ValueError("text, voice, language and seed lists must have the same length")
-        if voices and voices[0] is None:
-            raise ValueError("a voice prompt is required (Base models clone a voice): "
-                             "voice=tts.create_voice_prompt(ref_audio, ref_text)")
+
+        def per_text(value, name):
+            values = list(value) if isinstance(value, list | tuple) else [value] * n
+            if len(values) != n:
+                raise ValueError(f"{name} has {len(values)} entries for {n} texts")
+            return values
+        seeds = per_text(seed, "seed") if isinstance(seed, list | tuple) else [seed + i for i in range(n)]
         unknown = set(sampling) - set(SAMPLING_FIELDS)
         if unknown:
             raise TypeError(f"unexpected keyword arguments {sorted(unknown)}")
-        return [self.defaults.request(t, v, lang, seed=s, greedy=greedy, max_new_frames=max_new_frames,
-                                      non_streaming_text=non_streaming_text, **sampling)
-                for t, v, lang, s in zip(texts, voices, languages, seeds, strict=True)], single
+        requests = [self.defaults.request(t, v, lang, seed=s, greedy=greedy, max_new_frames=max_new_frames,
+                                          non_streaming_text=non_streaming_text, speaker=spk, instruct=ins,
+                                          **sampling)
+                    for t, v, lang, s, spk, ins in zip(texts, per_text(voice, "voice"), per_text(language, "language"),
+                                                       seeds, per_text(speaker, "speaker"),
+                                                       per_text(instruct, "instruct"), strict=True)]
+        for r in requests:
+            r.check()
+            self.prompts.check(r.voice, r.language, r.speaker, r.instruct)
+        return requests, single
 
-    def generate_codes(self, text, voice: VoicePrompt | list, language="auto", *, greedy: bool = False,
-                       seed: int | list = 0, max_new_frames: int | None = None, non_streaming_text: bool = False,
-                       **sampling) -> np.ndarray | list[np.ndarray]:
-        """Codec frames `int32 [T, 16]` for `text` (or a list, generated as one batch)."""
+    def generate_codes(self, text, voice: VoicePrompt | list | None = None, language="auto", *,
+                       speaker: str | list | None = None, instruct: str | list | None = None, greedy: bool = False,
+                       seed: int | list = 0, max_new_frames: int | None = None,
+                       non_streaming_text: bool | None = None, **sampling) -> np.ndarray | list[np.ndarray]:
+        """Codec frames `int32 [T, groups]` for `text` (or a list, generated as one batch).
+
+        Base: `voice` (a `create_voice_prompt`). CustomVoice: `speaker` (one of `tts.speakers`)
+        and, at 1.7B, `instruct`. VoiceDesign: `instruct` (the voice described in words).
+        `non_streaming_text=None`: the model's default (streaming text for Base, non-streaming
+        for CustomVoice and VoiceDesign, as the reference).
+        """
         requests, single = self._requests(text, voice, language, seed, greedy, max_new_frames,
-                                          non_streaming_text, sampling)
+                                          non_streaming_text, speaker, instruct, sampling)
         codes = self._run(requests)
         return codes[0] if single else codes
 
@@ -155,27 +190,29 @@ class Qwen3TTS:
             return codes
         return codes, [np.concatenate(p) if p else np.zeros(0, np.float32) for p in pcm]
 
-    def synthesize(self, text, voice: VoicePrompt | list, language="auto", *, greedy: bool = False,
-                   seed: int | list = 0, max_new_frames: int | None = None, non_streaming_text: bool = False,
+    def synthesize(self, text, voice: VoicePrompt | list | None = None, language="auto", *,
+                   speaker: str | list | None = None, instruct: str | list | None = None, greedy: bool = False,
+                   seed: int | list = 0, max_new_frames: int | None = None, non_streaming_text: bool | None = None,
                    **sampling):
-        """`(wav float32 [N], 24000)` for `text`, or a list of them for a list of texts (one batch).
+        """`(wav float32 [N], sample_rate)` for `text`, or a list of them for a list of texts (one
+        batch); the arguments are `generate_codes`'.
 
         The waveform is exactly what `stream` yields for the same arguments, concatenated: the
-        streaming codec decoder run over `ref_codes + generated` (ICL), the reference frames'
-        samples cut at exactly `T_ref * 1920`. For the reference's own offline decode
-        (300-frame chunks, its float cut) use `decode_codes`.
+        streaming codec decoder run over `ref_codes + generated` (Base ICL; from an empty state
+        otherwise), the reference frames' samples cut at exactly `T_ref * samples_per_frame`.
+        For the reference's own offline decode (300-frame chunks, its float cut) use `decode_codes`.
         """
         requests, single = self._requests(text, voice, language, seed, greedy, max_new_frames,
-                                          non_streaming_text, sampling)
+                                          non_streaming_text, speaker, instruct, sampling)
         _, wavs = self._run(requests, audio=True)
         return (wavs[0], self.sample_rate) if single else [(w, self.sample_rate) for w in wavs]
 
-    def stream(self, text: str, voice: VoicePrompt, language="auto", *, greedy: bool = False, seed: int = 0,
-               max_new_frames: int | None = None, non_streaming_text: bool = False,
-               **sampling) -> Iterator[np.ndarray]:
+    def stream(self, text: str, voice: VoicePrompt | None = None, language="auto", *, speaker: str | None = None,
+               instruct: str | None = None, greedy: bool = False, seed: int = 0, max_new_frames: int | None = None,
+               non_streaming_text: bool | None = None, **sampling) -> Iterator[np.ndarray]:
         """float32 PCM chunks, each yielded as soon as its frame exists (80 ms per frame)."""
         (request,), _ = self._requests(text, voice, language, seed, greedy, max_new_frames,
-                                       non_streaming_text, sampling)
+                                       non_streaming_text, speaker, instruct, sampling)
         with self._engine(1, stream_audio=True, max_new_frames=request.max_new_frames or 0) as engine:
             engine.admit(0, request)
             while engine.active_slots():

@@ -58,8 +58,15 @@ COMPONENTS: dict[str, Component] = {
     "code_predictor": Component(_code_predictor, _always, True),
     "speaker_encoder": Component(_speaker_encoder, lambda cfg: cfg.speaker_encoder is not None, False),
     "codec_decoder": Component(_codec_decoder, lambda cfg: cfg.speech_tokenizer is not None, False),
-    "codec_encoder": Component(_codec_encoder, lambda cfg: cfg.speech_tokenizer is not None, False),
+    # The Mimi encoder turns reference audio into codes: only Base models (voice cloning) take audio.
+    "codec_encoder": Component(_codec_encoder,
+                               lambda cfg: cfg.speech_tokenizer is not None and cfg.tts_model_type == "base", False),
 }
+
+# Components whose weights a checkpoint may carry but a model of another type never runs:
+# CustomVoice and VoiceDesign ship the shared speech tokenizer (with its encoder), and a
+# fine-tune made from a Base model may keep its speaker encoder.
+_BASE_ONLY = ("speaker_encoder", "codec_encoder")
 
 
 def component_dtype(name: str, dtype) -> jnp.dtype:
@@ -69,6 +76,12 @@ def component_dtype(name: str, dtype) -> jnp.dtype:
 def present(cfg: Qwen3TTSConfig) -> list[str]:
     """Names of the components this checkpoint has, in registry order."""
     return [name for name, c in COMPONENTS.items() if c.present(cfg)]
+
+
+def unused(cfg: Qwen3TTSConfig) -> set[str]:
+    """Components whose weights this checkpoint may hold but its model type never uses (the
+    converter skips their keys)."""
+    return set() if cfg.tts_model_type == "base" else set(_BASE_ONLY)
 
 
 def build(name: str, cfg: Qwen3TTSConfig, dtype=jnp.float32, seed: int = 0) -> nnx.Module:

@@ -97,7 +97,9 @@ class TalkerConfig:
     codec_think_eos_id: int = 4205
     # Sorted (name, id) pairs; use `language_id(name)`.
     codec_language_id: tuple[tuple[str, int], ...] = ()
+    # CustomVoice preset speakers: (name, codec id) and (name, False or the dialect they speak).
     spk_id: tuple[tuple[str, int], ...] = ()
+    spk_is_dialect: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def from_hf_config(cls, hf: dict[str, Any]) -> TalkerConfig:
@@ -118,7 +120,32 @@ class TalkerConfig:
 
     @property
     def languages(self) -> tuple[str, ...]:
+        """Every name of `codec_language_id`, dialects included (see `spoken_languages`)."""
         return tuple(name for name, _ in self.codec_language_id)
+
+    @property
+    def spoken_languages(self) -> tuple[str, ...]:
+        """The languages a request may name: dialects are reached only through a dialect
+        speaker (the reference's supported list drops every name with "dialect")."""
+        return tuple(name for name in self.languages if "dialect" not in name)
+
+    @property
+    def speakers(self) -> tuple[str, ...]:
+        """Preset speaker names (CustomVoice), sorted; empty for Base and VoiceDesign."""
+        return tuple(name for name, _ in self.spk_id)
+
+    def speaker_codec_id(self, name: str) -> int:
+        """The codec-embedding row of preset speaker `name` (case-insensitive)."""
+        table = dict(self.spk_id)
+        try:
+            return table[name.lower()]
+        except KeyError:
+            raise ValueError(f"unknown speaker {name!r}; this model's speakers are {list(self.speakers)}") from None
+
+    def dialect_of(self, name: str) -> str | None:
+        """The dialect preset speaker `name` speaks (a `codec_language_id` key), or None."""
+        dialect = dict(self.spk_is_dialect).get(name.lower(), False)
+        return dialect or None
 
 
 @dataclasses.dataclass(frozen=True)

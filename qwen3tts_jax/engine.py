@@ -83,6 +83,8 @@ class BatchEngine:
         self.decoder = StreamingDecoder(codec_decoder, num_slots) if stream_audio else None
         self._slots: dict[int, _Slot] = {}
         self._voice_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._no_xvector = np.zeros((prompts.config.talker.hidden_size,), np.float32)
+        self._zero_state = None
 
     # -- slots -----------------------------------------------------------------------------
 
@@ -100,7 +102,8 @@ class BatchEngine:
             raise ValueError(f"slot {slot} is busy")
         request.check()
         r = request
-        layout = self.prompts.layout(r.text, r.voice, r.language, r.non_streaming_text)
+        layout = self.prompts.layout(r.text, r.voice, r.language, r.non_streaming_text, speaker=r.speaker,
+                                     instruct=r.instruct)
         n = len(layout)
         room = self.max_seq_len - n
         if room < 1:
@@ -109,7 +112,10 @@ class BatchEngine:
             raise ValueError(f"text too long: {len(layout.trailing_ids)} tokens to feed, this engine takes "
                              f"{self.max_text_tokens}; split the text into sentences")
         max_frames = min(r.max_new_frames or self.default_max_new_frames or room, room)
-        embeds = embed_layout(*self._embed_weights, layout, r.voice.speaker_embedding, r.voice.ref_codes,
+        # No x-vector (CustomVoice, VoiceDesign): a zero vector that the layout's speaker row (NONE) never selects.
+        speaker = self._no_xvector if r.voice is None else r.voice.speaker_embedding
+        ref_codes = None if r.voice is None else r.voice.ref_codes
+        embeds = embed_layout(*self._embed_weights, layout, speaker, ref_codes,
                               min(buckets.prompt_rows(n), self.max_seq_len), self.spec.groups)
         trailing_vecs = embed_text_ids(*self._embed_weights[:2], layout.trailing_ids, self.max_text_tokens)
         one = functools.partial(SamplingParams.make, 1)
@@ -167,15 +173,19 @@ class BatchEngine:
                 del self._slots[slot]
         return out
 
-    def _voice_state(self, voice: VoicePrompt):
+    def _voice_state(self, voice: VoicePrompt | None):
         """The codec decoder's stream state after the voice's reference codes (ICL), cached.
 
         The reference decodes `cat(ref_codes, generated)`, so the generated audio is decoded
-        with the reference frames as left context; x-vector-only voices start from zero.
+        with the reference frames as left context; x-vector-only voices, preset speakers and
+        designed voices (no voice prompt) start from zero.
         """
+        if voice is None or voice.ref_codes is None:
+            if self._zero_state is None:
+                self._zero_state = self.decoder.prime(np.zeros((0, self.spec.groups), np.int32))
+            return self._zero_state
         state = self._voice_states.get(voice)
         if state is None:
-            codes = np.zeros((0, self.spec.groups), np.int32)
-            state = self.decoder.prime(codes if voice.ref_codes is None else voice.ref_codes)
+            state = self.decoder.prime(voice.ref_codes)
             self._voice_states[voice] = state
         return state

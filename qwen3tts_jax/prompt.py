@@ -7,11 +7,16 @@ x-vector, or a reference frame (F = the sum of its 16 codebook embeddings). `emb
 then turns a layout into vectors in one jitted call per length bucket.
 
 Rows, with a language (for "auto" the four codec rows are nothink, think_bos, think_eos):
+  I    P(instruct ids), text only: "<|im_start|>user\\n{instruct}<|im_end|>\\n" (CustomVoice
+       1.7B and VoiceDesign, when an instruct is given; MODEL-FAMILY 4)
   0-2  P(role ids): the first three ids of the tokenized template, "<|im_start|>assistant\\n"
   3-6  tts_pad + C(think), C(think_bos), C(lang), C(think_eos)
-  7    tts_pad + x-vector
+  7    tts_pad + the speaker: the x-vector (Base), C(spk_id) (a CustomVoice preset speaker),
+       or no row at all (VoiceDesign, or a CustomVoice request with speaker "")
   8    tts_bos + C(codec_pad)
-then one of four tails (ICL or x-vector-only, streaming or non-streaming text).
+then one of four tails (ICL or x-vector-only, streaming or non-streaming text); CustomVoice and
+VoiceDesign have only the two x-vector-only-shaped ones. A dialect speaker (spk_is_dialect)
+swaps the language id for its dialect's when the language is Chinese or auto.
 `trailing_ids` are the text ids fed one per decode step afterwards (then tts_pad forever).
 
 Every id comes from the checkpoint: the role ids from its tokenizer (as the reference slices
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -36,14 +42,18 @@ from qwen3tts_jax.config import Qwen3TTSConfig
 from qwen3tts_jax.text_tokenizer import TextTokenizer
 from qwen3tts_jax.voice import VoicePrompt
 
+log = logging.getLogger(__name__)
+
 NONE = -1
+XVECTOR = "xvector"  # `build_layout(speaker=...)`: the row holds the voice prompt's x-vector
+MODEL_TYPES = ("base", "custom_voice", "voice_design")
 
 
 @dataclasses.dataclass(frozen=True)
 class PromptLayout:
     text_ids: np.ndarray    # [T] int32 text-track ids, NONE = no text part
     codec_ids: np.ndarray   # [T] int32 codec-track ids, NONE = no codec id
-    speaker_row: int        # row holding the x-vector on the codec track
+    speaker_row: int        # row holding the x-vector on the codec track, NONE = none
     ref_frames: np.ndarray  # [T] int32 index of the reference frame on the codec track, NONE = none
     trailing_ids: np.ndarray  # [N] int32 text ids for the decode steps
 
@@ -53,26 +63,37 @@ class PromptLayout:
 
 def build_layout(cfg: Qwen3TTSConfig, role_ids: tuple[int, ...], text_ids: list[int], *, language: str,
                  ref_text_ids: list[int] | None = None, num_ref_frames: int | None = None,
-                 non_streaming_text: bool = False) -> PromptLayout:
+                 non_streaming_text: bool = False, speaker: int | str | None = XVECTOR,
+                 dialect: str | None = None, instruct_ids: list[int] | None = None) -> PromptLayout:
     """Rows of the prefill prompt. `role_ids`: the tokenizer's ids of "<|im_start|>assistant\\n";
     `text_ids`: the target text tokens (without the template); `ref_text_ids` +
-    `num_ref_frames`: ICL mode; neither: x-vector-only mode."""
+    `num_ref_frames`: ICL mode; neither: x-vector-only mode. `speaker`: `XVECTOR` (the row
+    holds the voice's x-vector), a preset speaker's codec id, or None (no speaker row);
+    `dialect`: the speaker's dialect (a `codec_language_id` name); `instruct_ids`: text-only
+    rows in front."""
     t = cfg.talker
     if not text_ids:
         raise ValueError("the text has no tokens")
     icl = num_ref_frames is not None
     if icl and not ref_text_ids:
         raise ValueError("ICL voice cloning needs the reference transcript (ref_text)")
+    if icl and speaker != XVECTOR:
+        raise ValueError("ICL reference frames go with an x-vector voice (Base models)")
     pad, bos, eos = cfg.tts_pad_token_id, cfg.tts_bos_token_id, cfg.tts_eos_token_id
-    if language.lower() == "auto":
+    lang_id = None if language.lower() == "auto" else t.language_id(language)
+    if dialect and language.lower() in ("chinese", "auto"):  # reference modeling_qwen3_tts.py:2118-2122
+        lang_id = t.language_id(dialect)
+    if lang_id is None:
         tags = [t.codec_nothink_id, t.codec_think_bos_id, t.codec_think_eos_id]
     else:
-        tags = [t.codec_think_id, t.codec_think_bos_id, t.language_id(language), t.codec_think_eos_id]
+        tags = [t.codec_think_id, t.codec_think_bos_id, lang_id, t.codec_think_eos_id]
+    spk = [] if speaker is None else [NONE if speaker == XVECTOR else int(speaker)]
+    ins = list(instruct_ids or [])
 
-    text: list[int] = [*role_ids] + [pad] * (len(tags) + 1) + [bos]
-    codec: list[int] = [NONE] * len(role_ids) + tags + [NONE, t.codec_pad_id]
+    text: list[int] = ins + [*role_ids] + [pad] * (len(tags) + len(spk)) + [bos]
+    codec: list[int] = [NONE] * (len(ins) + len(role_ids)) + tags + spk + [t.codec_pad_id]
     frames: list[int] = [NONE] * len(text)
-    speaker_row = len(role_ids) + len(tags)
+    speaker_row = len(ins) + len(role_ids) + len(tags) if speaker == XVECTOR else NONE
 
     def add(text_id: int, codec_id: int = NONE, frame: int = NONE) -> None:
         text.append(text_id)
@@ -109,32 +130,109 @@ class PromptBuilder:
     """Text, voice and language -> `PromptLayout`, with every id from the checkpoint's own files.
 
     Built once per model: checks that the tokenizer fits the text embedding and that every id
-    a prompt can use lies inside the table it indexes (`check_ids`).
+    a prompt can use lies inside the table it indexes (`check_ids`). Knows what each model type
+    takes (MODEL-FAMILY 5, 8): Base a voice prompt; CustomVoice a preset speaker and, at 1.7B,
+    an instruct; VoiceDesign an instruct.
     """
 
     def __init__(self, config: Qwen3TTSConfig, tokenizer: TextTokenizer, source: str = "the checkpoint"):
+        if config.tts_model_type not in MODEL_TYPES:
+            raise ValueError(f"{source}: tts_model_type {config.tts_model_type!r} is not one of {MODEL_TYPES}")
         self.config = config
         self.tokenizer = tokenizer
         self.role_ids = tuple(tokenizer.role_ids)
+        self._warned_instruct = False
         check_ids(config, tokenizer, source)
 
-    def layout(self, text: str, voice: VoicePrompt, language: str = "auto",
-               non_streaming_text: bool = False) -> PromptLayout:
-        """The prompt of one request; a clear ValueError for an unknown language, a voice made
-        by another model, or text the tokenizer cannot take."""
-        t = self.config.talker
+    @property
+    def model_type(self) -> str:
+        return self.config.tts_model_type
+
+    @property
+    def supports_instruct(self) -> bool:
+        """CustomVoice 1.7B and VoiceDesign honour an instruct. The reference's wrapper drops it for
+        a CustomVoice of size "0b6" (`if tts_model_size in "0b6"`, a substring test)."""
+        size = self.config.tts_model_size
+        if self.model_type == "voice_design":
+            return True
+        return self.model_type == "custom_voice" and not (size is not None and size in "0b6")
+
+    def default_non_streaming_text(self) -> bool:
+        """The reference's default text layout: streaming for Base, non-streaming otherwise."""
+        return self.model_type != "base"
+
+    def check(self, voice: VoicePrompt | None = None, language: str = "auto", speaker: str | None = None,
+              instruct: str | None = None) -> None:
+        """ValueError unless this model takes this voice, speaker, instruct and language (no
+        tokenizing: cheap enough to check a whole batch before any of it runs)."""
+        t, kind = self.config.talker, self.model_type
+        if not isinstance(language, str):
+            raise ValueError(f"language must be a str, got {type(language).__name__}")
+        if "dialect" in language.lower():
+            hint = [n for n, d in t.spk_is_dialect if d == language.lower()]
+            raise ValueError(f"{language!r} is a dialect, not a language: it is spoken by the preset speaker(s) "
+                             f"{hint or '(none of this model)'} with language 'Chinese' or 'auto'")
         if language.lower() != "auto":
             t.language_id(language)  # a clear error for unknown languages
-        if voice.speaker_embedding.shape != (t.hidden_size,):
-            raise ValueError(f"voice speaker_embedding has shape {voice.speaker_embedding.shape}, this model "
-                             f"needs ({t.hidden_size},): was it made with another model?")
-        if voice.ref_codes is not None:
-            check_ref_codes(self.config, voice.ref_codes)
+        if instruct is not None and not isinstance(instruct, str):
+            raise ValueError(f"instruct must be a str, got {type(instruct).__name__}")
+        if kind == "base":
+            if voice is None:
+                raise ValueError("a voice prompt is required (Base models clone a voice): "
+                                 "voice=tts.create_voice_prompt(ref_audio, ref_text)")
+            if speaker is not None:
+                raise ValueError(f"speaker={speaker!r}: preset speakers are for CustomVoice models; this Base "
+                                 "model clones the voice of a voice prompt")
+            if instruct:
+                raise ValueError("instruct is for CustomVoice (1.7B) and VoiceDesign models; Base models take "
+                                 "a voice prompt")
+        elif voice is not None:
+            raise ValueError(f"a voice prompt is for Base models; this {kind} model takes "
+                             + ("speaker= (and instruct=)" if kind == "custom_voice" else "instruct="))
+        if kind == "custom_voice":
+            if speaker is None:
+                raise ValueError(f"a speaker is required: one of {list(t.speakers)} (speaker='' for none, "
+                                 "as the reference allows)")
+            if speaker:
+                t.speaker_codec_id(speaker)  # lists the valid ones
+        elif kind == "voice_design" and speaker is not None:
+            raise ValueError(f"speaker={speaker!r}: VoiceDesign models have no preset speakers; describe the voice "
+                             "with instruct=")
+        if voice is not None:
+            if voice.speaker_embedding.shape != (t.hidden_size,):
+                raise ValueError(f"voice speaker_embedding has shape {voice.speaker_embedding.shape}, this model "
+                                 f"needs ({t.hidden_size},): was it made with another model?")
+            if voice.ref_codes is not None:
+                check_ref_codes(self.config, voice.ref_codes)
+
+    def layout(self, text: str, voice: VoicePrompt | None = None, language: str = "auto",
+               non_streaming_text: bool | None = None, *, speaker: str | None = None,
+               instruct: str | None = None) -> PromptLayout:
+        """The prompt of one request (`check` first); `non_streaming_text=None` takes the model's
+        default. A clear ValueError for anything this model cannot take, or text the tokenizer
+        cannot take."""
+        self.check(voice, language, speaker, instruct)
+        if non_streaming_text is None:
+            non_streaming_text = self.default_non_streaming_text()
+        t = self.config.talker
+        if instruct and not self.supports_instruct:
+            if not self._warned_instruct:
+                log.warning("instruct ignored: this %s model (size %s) does not take instructions, as in the "
+                            "reference", self.model_type, self.config.tts_model_size)
+                self._warned_instruct = True
+            instruct = None
         text_ids = self.tokenizer.text_ids(text)
-        ref_ids = None if voice.ref_codes is None else self.tokenizer.ref_text_ids(voice.ref_text)
-        layout = build_layout(self.config, self.role_ids, text_ids, language=language, ref_text_ids=ref_ids,
-                              num_ref_frames=None if voice.ref_codes is None else len(voice.ref_codes),
-                              non_streaming_text=non_streaming_text)
+        instruct_ids = self.tokenizer.instruct_ids(instruct) if instruct else None
+        if voice is not None:
+            spk = XVECTOR
+        else:
+            spk = t.speaker_codec_id(speaker) if speaker else None
+        icl = voice is not None and voice.ref_codes is not None
+        layout = build_layout(self.config, self.role_ids, text_ids, language=language,
+                              ref_text_ids=self.tokenizer.ref_text_ids(voice.ref_text) if icl else None,
+                              num_ref_frames=len(voice.ref_codes) if icl else None,
+                              non_streaming_text=non_streaming_text, speaker=spk,
+                              dialect=t.dialect_of(speaker) if speaker else None, instruct_ids=instruct_ids)
         check_layout(self.config, layout)
         return layout
 
@@ -162,6 +260,11 @@ def check_ids(config: Qwen3TTSConfig, tokenizer: TextTokenizer, source: str = "t
         "codec_think_bos_id", "codec_think_eos_id")}
     codec_ids.update({f"config.json talker_config.codec_language_id[{name!r}]": i for name, i in t.codec_language_id})
     codec_ids.update({f"config.json talker_config.spk_id[{name!r}]": i for name, i in t.spk_id})
+    languages = dict(t.codec_language_id)
+    for name, dialect in t.spk_is_dialect:
+        if dialect and dialect not in languages:
+            problems.append(f"config.json talker_config.spk_is_dialect[{name!r}] = {dialect!r} is not a "
+                            "codec_language_id name")
     for what, i in codec_ids.items():
         for one in (i if isinstance(i, tuple) else (i,)):
             if not 0 <= one < t.vocab_size:

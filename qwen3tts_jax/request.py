@@ -22,10 +22,15 @@ SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "repetition_penalty",
 
 @dataclasses.dataclass(frozen=True)
 class GenerationRequest:
-    """One utterance to generate; the sampling defaults are the reference's own."""
+    """One utterance to generate; the sampling defaults are the reference's own.
+
+    What it speaks with depends on the model (`PromptBuilder.check`): Base, a `voice` prompt;
+    CustomVoice, a preset `speaker` (and an `instruct` at 1.7B); VoiceDesign, an `instruct`
+    describing the voice. `non_streaming_text=None` is the model's default layout.
+    """
 
     text: str
-    voice: VoicePrompt
+    voice: VoicePrompt | None = None
     language: str = "auto"
     seed: int = 0
     greedy: bool = False
@@ -37,14 +42,18 @@ class GenerationRequest:
     subtalker_temperature: float = 0.9
     subtalker_top_k: int = 50
     subtalker_top_p: float = 1.0
-    non_streaming_text: bool = False
+    non_streaming_text: bool | None = None
+    speaker: str | None = None
+    instruct: str | None = None
 
     def check(self) -> None:
         """ValueError for a request no engine can run."""
         if not isinstance(self.text, str) or not self.text.strip():
             raise ValueError("text is empty")
-        if not isinstance(self.voice, VoicePrompt):
+        if self.voice is not None and not isinstance(self.voice, VoicePrompt):
             raise ValueError("voice must be a VoicePrompt (see Qwen3TTS.create_voice_prompt)")
+        if self.speaker is not None and not isinstance(self.speaker, str):
+            raise ValueError("speaker must be a str")
         if not self.greedy and not (self.temperature > 0 and self.subtalker_temperature > 0):
             raise ValueError("temperature must be > 0 (use greedy=True for argmax decoding)")
         if not (0 < self.top_p <= 1 and 0 < self.subtalker_top_p <= 1):
@@ -83,7 +92,8 @@ class GenerationDefaults:
     def as_dict(self) -> dict[str, Any]:
         return dict(self.sampling)
 
-    def request(self, text: str, voice: VoicePrompt, language: str = "auto", **options) -> GenerationRequest:
+    def request(self, text: str, voice: VoicePrompt | None = None, language: str = "auto",
+                **options) -> GenerationRequest:
         """A request with these defaults under `options` (None values keep the default;
         unknown names are a TypeError)."""
         given = {k: v for k, v in options.items() if v is not None}

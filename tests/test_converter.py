@@ -15,7 +15,7 @@ from qwen3tts_jax.convert.converter import abstract_targets, plan
 from qwen3tts_jax.convert.safetensors_reader import SafetensorsFile, write_safetensors
 
 from qwen3tts_jax.config import Qwen3TTSConfig
-from tests.reference.checkpoints import BASE_06B, BASE_17B, hf_configs, meta_state_shapes
+from tests.reference.checkpoints import BASE_06B, BASE_17B, CV_06B, CV_17B, VD_17B, hf_configs, meta_state_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,28 @@ def test_table_covers_every_key_of_the_real_sizes(folder):
     assert mapped == {"talker", "code_predictor", "speaker_encoder", "codec_decoder", "codec_encoder"}
     has_projection = any("small_to_mtp_projection" in k for k in assignments)
     assert has_projection == (folder == BASE_17B)
+
+
+@pytest.mark.parametrize("folder,keys", [(CV_06B, 402), (CV_17B, 404), (VD_17B, 404)],
+                         ids=["0.6B-CustomVoice", "1.7B-CustomVoice", "1.7B-VoiceDesign"])
+def test_table_covers_every_key_of_the_custom_voice_and_voice_design_sizes(folder, keys):
+    """The released CustomVoice and VoiceDesign configs on the meta device: the main weights
+    have no speaker encoder (402 / 404 keys, MODEL-FAMILY 1); the speech tokenizer's Mimi
+    encoder is in the files but skipped, since nothing of these models encodes audio."""
+    from qwen3tts_jax import components
+
+    main = json.loads((folder / "config.json").read_text())
+    tok = json.loads((folder / "speech_tokenizer" / "config.json").read_text())
+    shapes = meta_state_shapes(main, tok)
+    assert sum(1 for k in shapes if not k.startswith("speech_tokenizer.")) == keys
+    assert not any(k.startswith("speaker_encoder.") for k in shapes)
+    cfg = Qwen3TTSConfig.from_hf_config(main, tok)
+    assert components.present(cfg) == ["talker", "code_predictor", "codec_decoder"]
+    assignments = plan(shapes, abstract_targets(cfg, "bfloat16"), unused=components.unused(cfg))
+    assert {a.component for a in assignments.values()} == {"talker", "code_predictor", "codec_decoder"}
+    assert any("small_to_mtp_projection" in k for k in assignments) == (folder != CV_06B)
+    with pytest.raises(ConversionError, match="codec_encoder"):  # not skipped unless asked
+        plan(shapes, abstract_targets(cfg, "bfloat16"))
 
 
 def test_full_size_modules_have_abstract_shapes():

@@ -114,3 +114,13 @@ def test_the_wheel_installs_one_name_and_its_console_scripts_run(tmp_path):
         run = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, env=env, capture_output=True,
                              text=True, timeout=120)
         assert run.returncode == 0 and "usage:" in run.stdout, (module, run.stderr[-2000:])
+
+
+def test_the_library_never_imports_the_reference():
+    """torch, transformers and qwen-tts are the tests' reference only: loading the library, the
+    converter and the server imports none of them."""
+    code = ("import sys, qwen3tts_jax, qwen3tts_jax.convert.converter, qwen3tts_jax.server.app, "
+            "qwen3tts_jax.server.__main__; "
+            "print(sorted(m for m in ('torch', 'transformers', 'qwen_tts') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"

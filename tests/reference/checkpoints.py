@@ -26,6 +26,9 @@ from qwen3tts_jax.convert.assets import HF_CONFIGS
 
 BASE_06B = HF_CONFIGS / "Qwen3-TTS-12Hz-0.6B-Base"
 BASE_17B = HF_CONFIGS / "Qwen3-TTS-12Hz-1.7B-Base"
+CV_06B = HF_CONFIGS / "Qwen3-TTS-12Hz-0.6B-CustomVoice"
+CV_17B = HF_CONFIGS / "Qwen3-TTS-12Hz-1.7B-CustomVoice"
+VD_17B = HF_CONFIGS / "Qwen3-TTS-12Hz-1.7B-VoiceDesign"
 
 _TINY_TALKER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, head_dim=16, text_hidden_size=24)
@@ -54,6 +57,18 @@ PRESETS: dict[str, dict] = {
     # every id its own: tokenizer, tts_* and role ids, codec control and language ids, vocab sizes
     "tiny-own-ids": dict(talker=_TINY_TALKER, predictor=_TINY_PREDICTOR, speaker=_TINY_SPEAKER, size="0b6",
                          own_ids=True),
+    # the rest of the family, from their own released configs (speakers, dialects, model type, size):
+    # CustomVoice 1.7B (instruct honoured; a projection into the predictor, like 1.7B) and 0.6B
+    # (instruct dropped by the reference's wrapper), VoiceDesign 1.7B
+    "tiny-cv": dict(talker={**_TINY_TALKER, "hidden_size": 48, "intermediate_size": 96},
+                    predictor=_TINY_PREDICTOR, speaker={}, size="1b7", source=CV_17B),
+    "tiny-cv-0b6": dict(talker=_TINY_TALKER, predictor=_TINY_PREDICTOR, speaker={}, size="0b6", source=CV_06B),
+    "tiny-vd": dict(talker={**_TINY_TALKER, "hidden_size": 48, "intermediate_size": 96},
+                    predictor=_TINY_PREDICTOR, speaker={}, size="1b7", source=VD_17B),
+    # the released CustomVoice and VoiceDesign sizes (key coverage on the meta device)
+    "real-0.6b-cv": dict(talker={}, predictor={}, speaker={}, size=None, real=True, source=CV_06B),
+    "real-1.7b-cv": dict(talker={}, predictor={}, speaker={}, size=None, real=True, source=CV_17B),
+    "real-1.7b-vd": dict(talker={}, predictor={}, speaker={}, size=None, real=True, source=VD_17B),
 }
 
 # "tiny-own-ids": codec control ids moved up by this much, language ids by this much, and the
@@ -81,14 +96,16 @@ def _own_ids(main: dict) -> None:
 def hf_configs(preset: str) -> tuple[dict, dict]:
     """(`config.json`, `speech_tokenizer/config.json`) dicts of a preset."""
     spec = PRESETS[preset]
-    main = json.loads((BASE_06B / "config.json").read_text())
-    tok = json.loads((BASE_06B / "speech_tokenizer" / "config.json").read_text())
+    source = spec.get("source", BASE_06B)
+    main = json.loads((source / "config.json").read_text())
+    tok = json.loads((source / "speech_tokenizer" / "config.json").read_text())
     if spec.get("real"):
         return main, tok
     main = copy.deepcopy(main)
     main["talker_config"].update(spec["talker"])
     main["talker_config"]["code_predictor_config"].update(spec["predictor"])
-    main["speaker_encoder_config"].update(spec["speaker"], enc_dim=main["talker_config"]["hidden_size"])
+    if "speaker_encoder_config" in main:  # Base only
+        main["speaker_encoder_config"].update(spec["speaker"], enc_dim=main["talker_config"]["hidden_size"])
     main["tts_model_size"] = spec["size"]
     tok["decoder_config"].update(_TINY_DECODER)
     tok["encoder_config"].update(_TINY_ENCODER)
