@@ -63,13 +63,50 @@ class TTSServer:
             return "SYNTHESIS_ERROR", f"model failed to load: {self.worker.error}"
         return "MODEL_LOADING", "the model is still loading; retry shortly"
 
-    def voice_prompt(self, voice):
-        """Awaitable: the voice's prompt for the loaded model (cached, computed on the worker)."""
-        return self.voices.prompt(voice, self.worker)
+    def default_voice(self) -> str | None:
+        """The voice of a session that names none: the voice store's default for Base models (and
+        while the model loads), the first preset speaker for CustomVoice, none for VoiceDesign."""
+        b = self.backend
+        return self.voices.default_id() if b is None or b.clones_voices else b.default_voice()
 
-    def register_voice(self, msg: P.RegisterVoice):
-        """Awaitable: validate, store and compute a new voice (see VoiceStore.register)."""
-        return self.voices.register(msg, self.worker, self.languages)
+    def check_voice(self, voice_id) -> str:
+        """`voice_id` as the loaded model knows it (VOICE_NOT_FOUND otherwise): a stored voice for
+        Base models, a preset speaker (case-insensitive) for CustomVoice."""
+        b = self.backend
+        if b is None or b.clones_voices:
+            return self.voices.get(voice_id).id
+        if isinstance(voice_id, str) and voice_id.lower() in b.speakers:
+            return voice_id.lower()
+        if b.speakers:
+            raise P.ProtocolError("VOICE_NOT_FOUND", f"unknown voice {str(voice_id)[:80]!r}; this CustomVoice "
+                                  f"model's voices are its preset speakers {b.speakers}")
+        raise P.ProtocolError("VOICE_NOT_FOUND", "this VoiceDesign model has no voices: describe the voice "
+                              "with `instruct`")
+
+    async def speaking_voice(self, voice_id: str | None) -> tuple[object | None, str | None]:
+        """(voice prompt, preset speaker) to speak with: a Base voice's prompt (cached, computed on
+        the worker), or a CustomVoice speaker; (None, None) for VoiceDesign."""
+        b = self.backend
+        if b is not None and not b.clones_voices:
+            return None, (self.check_voice(voice_id) if voice_id is not None else None)
+        return await self.voices.prompt(self.voices.get(voice_id), self.worker), None
+
+    def voice_list(self) -> list[dict]:
+        """GET /api/v1/voices: the stored voices (Base), or the preset speakers with the languages
+        they speak (CustomVoice: every language of the model, and a dialect speaker's dialect)."""
+        b = self.backend
+        if b is None or b.clones_voices:
+            return [v.public() for v in self.voices.list()]
+        return [{"id": name, "name": name, "languages": self.languages, "dialect": b.spoken_dialects.get(name),
+                 "isDefault": name == b.default_voice(), "preset": True} for name in b.speakers]
+
+    async def register_voice(self, msg: P.RegisterVoice):
+        """Validate, store and compute a new voice (see VoiceStore.register); Base models only."""
+        b = self.backend
+        if b is not None and not b.clones_voices:
+            raise P.ProtocolError("BAD_REQUEST", f"registerVoice clones a voice, which only Base models do; this "
+                                  f"server runs a {b.model_type} model")
+        return await self.voices.register(msg, self.worker, self.languages)
 
     def submit(self, job: Job) -> None:
         """Queue a job on the device worker (queue.Full when saturated, WorkerStopped when down)."""
@@ -89,10 +126,14 @@ class TTSServer:
         return hmac.compare_digest(presented.encode(), self.cfg.auth_token.encode())
 
     def capabilities(self) -> dict:
+        b = self.backend
         return {"streaming": True, "languages": self.languages, "encodings": list(P.ENCODINGS),
                 "sampleRates": list(P.SAMPLE_RATES), "transports": list(P.TRANSPORTS),
                 "priorities": list(P.PRIORITIES), "maxTextChars": self.cfg.max_text_chars,
-                "registerVoice": True}
+                "registerVoice": b is None or b.clones_voices,
+                # None while the model loads
+                "modelType": b.model_type if b else None, "speakers": list(b.speakers) if b else [],
+                "instruct": b.supports_instruct if b else False}
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -126,14 +167,19 @@ class TTSServer:
                              "slots": self.cfg.batch_slots, "sampleRate": backend.sample_rate}))
         if backend.is_demo:
             log.warning(json.dumps({"event": "demo_weights", "message": DEMO_WARNING}))
-        default = self.voices.default_id()
-        if self.cfg.warmup and default is not None:
+        default = self.voices.default_id() if backend.clones_voices else backend.default_voice()
+        if self.cfg.warmup and (default is not None or not backend.clones_voices):
             try:
                 t0 = time.perf_counter()
-                voice = self.voices.get(default)
-                prompt = self.voices.load_or_compute(backend, voice, self.voices.fingerprint(voice))
-                self._warm = (voice, prompt)
-                _warmup(backend, prompt)
+                if backend.clones_voices:
+                    voice = self.voices.get(default)
+                    prompt = self.voices.load_or_compute(backend, voice, self.voices.fingerprint(voice))
+                    self._warm = (voice, prompt)
+                    request = backend.defaults.request("Warm up.", prompt, "auto", seed=0, max_new_frames=4)
+                else:
+                    request = backend.defaults.request("Warm up.", None, "auto", speaker=default, seed=0,
+                                                       max_new_frames=4)
+                _warmup(backend, request)
                 log.info(json.dumps({"event": "warmup_done", "voice": default,
                                      "seconds": round(time.perf_counter() - t0, 2)}))
             except Exception as exc:  # noqa: BLE001 - warm-up is best effort
@@ -189,7 +235,7 @@ class TTSServer:
             if not self.check_token(_bearer(request.headers)):
                 return self._json(HTTPStatus.UNAUTHORIZED,
                                   {"error": "UNAUTHORIZED", "message": "send Authorization: Bearer <token>"})
-            return self._json(HTTPStatus.OK, {"voices": [v.public() for v in self.voices.list()]})
+            return self._json(HTTPStatus.OK, {"voices": self.voice_list()})
         return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
     def health(self) -> dict:
@@ -243,13 +289,12 @@ def _bearer(headers: Headers) -> str | None:
     return None
 
 
-def _warmup(backend: Backend, prompt) -> None:
+def _warmup(backend: Backend, request) -> None:
     """Run a few decode steps on slot 0 so the first request does not pay for compilation."""
     engine = backend.engine
     if hasattr(engine, "warmup"):  # every attention span: long streams never stall on a compile
         engine.warmup()
-    req = backend.defaults.request("Warm up.", prompt, "auto", seed=0, max_new_frames=4)
-    engine.admit(0, req)
+    engine.admit(0, request)
     try:
         for _ in range(4):
             out = engine.step()

@@ -59,12 +59,27 @@ class Backend:
     frame_rate: float  # codec frames per second of audio
     defaults: GenerationDefaults = field(default_factory=GenerationDefaults)  # generation_config.json
     is_demo: bool = False
+    model_type: str = "base"  # "base" | "custom_voice" | "voice_design"
+    speakers: list[str] = field(default_factory=list)  # CustomVoice preset speakers
+    supports_instruct: bool = False
+    spoken_dialects: dict[str, str] = field(default_factory=dict)  # preset speaker -> dialect it speaks
+
+    @property
+    def clones_voices(self) -> bool:
+        """Base models clone registered voices; the others speak with preset or described voices."""
+        return self.model_type == "base"
+
+    def default_voice(self) -> str | None:
+        """The voice a session speaks with until it picks one: a preset speaker (CustomVoice), none
+        (VoiceDesign: the instruct describes it); Base models use the voice store's default."""
+        return self.speakers[0] if self.speakers else None
 
     def make_request(self, text: str, voice: Any, language: str, *, seed: int, max_new_frames: int | None,
                      max_audio_seconds: float, **sampling) -> GenerationRequest:
         """A request with the checkpoint's defaults under the client's `sampling` (None keeps the
-        default). Without `max_new_frames`, a budget guards against a missing EOS: about 0.25 s
-        of audio per character + 3 s, at most `max_audio_seconds`."""
+        default; `speaker=` and `instruct=` pass through). Without `max_new_frames`, a budget
+        guards against a missing EOS: about 0.25 s of audio per character + 3 s, at most
+        `max_audio_seconds`."""
         if max_new_frames is None:
             seconds = min(max_audio_seconds, 3.0 + 0.25 * len(text))
             max_new_frames = max(1, int(seconds * self.frame_rate))
@@ -124,6 +139,10 @@ def backend_for(tts: Any, num_slots: int, model_key: str, is_demo: bool = False)
         frame_rate=tts.sample_rate / tts.samples_per_frame,
         defaults=tts.defaults,
         is_demo=is_demo,
+        model_type=tts.model_type,
+        speakers=tts.speakers,
+        supports_instruct=tts.supports_instruct,
+        spoken_dialects={s: d for s in tts.speakers if (d := tts.config.talker.dialect_of(s))},
     )
 
 

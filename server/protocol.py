@@ -89,6 +89,7 @@ class Start:
     contract_id: str | None = None
     transport: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
+    instruct: str | None = None  # CustomVoice 1.7B / VoiceDesign: how to speak, or the voice described
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Speak:
     priority: str = "normal"
     request_id: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
+    instruct: str | None = None  # this request only; None keeps the session's
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def _get(msg: dict, key: str, typ: type | tuple, required: bool = False) -> Any:
 
 
 # Fields whose content the tokenizer reads: bad content there is INVALID_TEXT.
-TEXT_FIELDS = ("text", "transcript")
+TEXT_FIELDS = ("text", "transcript", "instruct")
 
 
 def _choice(msg: dict, key: str, choices: tuple) -> Any:
@@ -214,10 +216,11 @@ def parse_client_message(raw: str | bytes, max_bytes: int, max_voice_bytes: int)
             text = _get(msg, "text", str, required=True)
             priority = _choice(msg, "priority", PRIORITIES) or "normal"
             sampling = _sampling(msg)
+            instruct = _get(msg, "instruct", str)
         except ProtocolError as exc:
             exc.request_id = rid
             raise
-        return Speak(text=text, priority=priority, request_id=rid, sampling=sampling)
+        return Speak(text=text, priority=priority, request_id=rid, sampling=sampling, instruct=instruct)
     if kind == "start":
         rate = _get(msg, "sampleRate", int)
         if rate is not None and rate not in SAMPLE_RATES:
@@ -231,6 +234,7 @@ def parse_client_message(raw: str | bytes, max_bytes: int, max_voice_bytes: int)
             contract_id=_get(msg, "contractId", (str, int)),
             transport=_choice(msg, "transport", TRANSPORTS),
             sampling=_sampling(msg),
+            instruct=_get(msg, "instruct", str),
         )
     if kind == "cancel":
         return Cancel()

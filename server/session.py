@@ -47,8 +47,10 @@ class ServerView(Protocol):
     def capabilities(self) -> dict: ...
     def check_token(self, presented: str | None) -> bool: ...
     def unavailable(self) -> tuple[str, str] | None: ...
-    def voice_prompt(self, voice: Voice) -> Any: ...
-    def register_voice(self, msg: P.RegisterVoice) -> Any: ...
+    def default_voice(self) -> str | None: ...
+    def check_voice(self, voice_id: Any) -> str: ...
+    async def speaking_voice(self, voice_id: str | None) -> tuple[Any, str | None]: ...
+    async def register_voice(self, msg: P.RegisterVoice) -> Voice: ...
     def submit(self, job: Job) -> None: ...
     def cancel(self, job: Job) -> None: ...
 
@@ -58,10 +60,12 @@ class Settings:
     sample_rate: int = P.ENGINE_SAMPLE_RATE
     encoding: str = "pcm16"
     voice: str | None = None
+    voice_chosen: bool = False  # False: the server's default voice, resolved when a request starts
     language: str = "English"
     transport: str = "binary"
     contract_id: Any = None
     sampling: P.Sampling = field(default_factory=P.Sampling)
+    instruct: str | None = None
 
 
 @dataclass
@@ -92,7 +96,7 @@ class Session:
         self.ws = ws
         self.sid = sid
         self.authed = authed
-        self.settings = Settings(voice=server.voices.default_id())
+        self.settings = Settings(voice=server.default_voice())
         self.waiting: deque[tuple[P.Speak, float]] = deque()
         self.current: Running | None = None
         self._out: asyncio.Queue = asyncio.Queue()
@@ -247,9 +251,11 @@ class Session:
     # -- handlers ----------------------------------------------------------------------------
     def _on_start(self, msg: P.Start) -> None:
         s = self.settings
-        voice = s.voice
+        voice, chosen = s.voice, s.voice_chosen
         if msg.voice is not None:
-            voice = self.server.voices.get(msg.voice).id  # VOICE_NOT_FOUND
+            voice, chosen = self.server.check_voice(msg.voice), True  # VOICE_NOT_FOUND
+        if msg.instruct is not None:
+            self._check_instruct(msg.instruct)
         language = s.language
         if msg.language is not None:
             language = canonical_language(msg.language, self.server.languages)
@@ -257,14 +263,18 @@ class Session:
             sample_rate=msg.sample_rate or s.sample_rate,
             encoding=msg.encoding or s.encoding,
             voice=voice,
+            voice_chosen=chosen,
             language=language,
             transport=msg.transport or s.transport,
             contract_id=msg.contract_id if msg.contract_id is not None else s.contract_id,
             sampling=s.sampling.merged(msg.sampling),
+            instruct=msg.instruct if msg.instruct is not None else s.instruct,
         )
         n = self.settings
         reply = {"type": "started", "sampleRate": n.sample_rate, "encoding": n.encoding,
                  "voice": n.voice, "language": n.language, "transport": n.transport}
+        if n.instruct is not None:
+            reply["instruct"] = n.instruct
         if n.contract_id is not None:
             reply["contractId"] = n.contract_id
         self._log("start", sampleRate=n.sample_rate, encoding=n.encoding, voice=n.voice,
@@ -276,7 +286,7 @@ class Session:
 
     async def _prefetch_voice(self, voice_id: str) -> None:
         try:
-            await self.server.voice_prompt(self.server.voices.get(voice_id))
+            await self.server.speaking_voice(voice_id)
         except Exception as exc:  # noqa: BLE001 - the speak will report it
             self._log("voice_prefetch_failed", voice=voice_id, error=repr(exc))
 
@@ -290,6 +300,8 @@ class Session:
         if len(msg.text) > self.cfg.max_text_chars:
             raise P.ProtocolError("INVALID_TEXT", f"text longer than {self.cfg.max_text_chars} "
                                   "characters", rid)
+        if msg.instruct is not None:
+            self._check_instruct(msg.instruct, rid)
         down = self.server.unavailable()
         if down is not None:
             raise P.ProtocolError(*down, rid)
@@ -305,6 +317,14 @@ class Session:
         else:
             self.waiting.append((msg, now))
         self._next()
+
+    def _check_instruct(self, instruct: str, rid: str | None = None) -> None:
+        if len(instruct) > self.cfg.max_text_chars:
+            raise P.ProtocolError("INVALID_TEXT", f"instruct longer than {self.cfg.max_text_chars} characters", rid)
+        b = self.server.backend
+        if instruct and b is not None and b.model_type == "base":
+            raise P.ProtocolError("BAD_REQUEST", "instruct is for CustomVoice (1.7B) and VoiceDesign models; this "
+                                  "Base model clones the session's voice", rid)
 
     def _next(self) -> None:
         if self.current is not None or self.closing:
@@ -325,8 +345,7 @@ class Session:
         server = self.server
         try:
             language = canonical_language(s.language, server.languages)
-            voice = server.voices.get(s.voice)
-            prompt = await server.voice_prompt(voice)
+            prompt, speaker = await server.speaking_voice(s.voice if s.voice_chosen else server.default_voice())
         except P.ProtocolError as exc:
             return self._fail(run, exc.code, exc.message)
         except WorkerStopped:
@@ -344,7 +363,8 @@ class Session:
         try:
             request = backend.make_request(
                 speak.text, prompt, language, seed=samp.seed if samp.seed is not None else self.cfg.default_seed,
-                max_new_frames=samp.max_frames, max_audio_seconds=self.cfg.max_audio_seconds,
+                max_new_frames=samp.max_frames, max_audio_seconds=self.cfg.max_audio_seconds, speaker=speaker,
+                instruct=speak.instruct if speak.instruct is not None else s.instruct,
                 **{attr: getattr(samp, attr) for attr in ("greedy", "temperature", "top_k", "top_p",
                                                            "repetition_penalty")})
         except (TypeError, ValueError) as exc:

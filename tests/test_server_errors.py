@@ -283,3 +283,17 @@ def test_a_second_stop_gets_no_second_stopped(tmp_path):
             assert got == [{"type": "stopped", "reason": "one"}]
             await still_serves(srv)
     arun(body())
+
+
+def test_instruct_on_a_base_model_is_a_bad_request(tmp_path):
+    async def body():
+        async with running_server(tmp_path) as srv, Client.open(srv) as c:
+            assert c.ready["capabilities"]["modelType"] == "base" and c.ready["capabilities"]["registerVoice"]
+            await c.send(type="start", instruct="Be happy.")
+            await expect_error(c, "BAD_REQUEST")
+            await c.send(type="speak", text="Hi.", instruct="Be happy.", requestId="i1")
+            await expect_error(c, "BAD_REQUEST", "i1")
+            await c.send(type="speak", text="Hi.", instruct="x" * 5000, requestId="i2")
+            await expect_error(c, "INVALID_TEXT", "i2")
+            await still_serves(srv, c)
+    arun(body())
