@@ -1,4 +1,6 @@
-"""`python -m qwen3tts_jax synthesize --model DIR --text ... --ref-audio ... [--ref-text ...] --out out.wav`.
+"""`python -m qwen3tts_jax synthesize --model DIR --text ... --out out.wav` with the voice the model takes:
+`--ref-audio ... [--ref-text ...]` (Base), `--speaker NAME [--instruct ...]` (CustomVoice),
+`--instruct "a voice described"` (VoiceDesign).
 
 Text longer than one sentence is split at sentence ends and spoken piece by piece (the
 model's quality drops on very long single requests), with a progress bar over the pieces;
@@ -37,15 +39,20 @@ def synthesize(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     tts = Qwen3TTS.from_pretrained(args.model, dtype=args.dtype)
-    voice = tts.create_voice_prompt(args.ref_audio, ref_text=args.ref_text)
+    voice = None
+    if args.ref_audio is not None:
+        voice = tts.create_voice_prompt(args.ref_audio, ref_text=args.ref_text)
+    elif tts.model_type == "base":
+        raise ValueError("this Base model clones a voice: give --ref-audio (and --ref-text for ICL cloning)")
     pieces = split_sentences(args.text)
     if not pieces:
         print("error: the text is empty", file=sys.stderr)
         return 2
     wavs = []
     for i, piece in enumerate(tqdm(pieces, unit="sentence", disable=args.quiet or len(pieces) == 1)):
-        wav, sr = tts.synthesize(piece, voice=voice, language=args.language, seed=args.seed + i,
-                                 greedy=args.greedy, max_new_frames=args.max_new_frames)
+        wav, sr = tts.synthesize(piece, voice=voice, language=args.language, speaker=args.speaker,
+                                 instruct=args.instruct, seed=args.seed + i, greedy=args.greedy,
+                                 max_new_frames=args.max_new_frames)
         wavs.append(wav)
     audio = np.concatenate(wavs)
     sf.write(args.out, audio, sr, subtype="FLOAT" if args.float else "PCM_16")
@@ -56,12 +63,16 @@ def synthesize(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qwen3tts_jax", description="Qwen3-TTS in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("synthesize", help="speak a text in a cloned voice into an audio file")
+    p = sub.add_parser("synthesize", help="speak a text into an audio file")
     p.add_argument("--model", required=True, help="converted or official checkpoint folder, or a hub id")
     p.add_argument("--text", required=True)
-    p.add_argument("--ref-audio", required=True, help="reference clip of the voice to clone (wav, flac, ...)")
+    p.add_argument("--ref-audio", default=None,
+                   help="Base models: reference clip of the voice to clone (wav, flac, ...)")
     p.add_argument("--ref-text", default=None,
-                   help="transcript of the reference clip (ICL cloning); without it: x-vector only")
+                   help="Base models: transcript of the reference clip (ICL cloning); without it: x-vector only")
+    p.add_argument("--speaker", default=None, help="CustomVoice models: a preset speaker, e.g. ryan or vivian")
+    p.add_argument("--instruct", default=None,
+                   help="CustomVoice 1.7B: how to speak; VoiceDesign: the voice, described in words")
     p.add_argument("--language", default="auto", help='e.g. English, Chinese, or "auto"')
     p.add_argument("--out", default="out.wav")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),

@@ -2,6 +2,8 @@
 
     python -m qwen3tts_jax.server.client --text "Hello there." --out out.wav
     python -m qwen3tts_jax.server.client --text "Bonjour." --language French --voice alice --sample-rate 48000
+    python -m qwen3tts_jax.server.client --text "Hi." --speaker ryan --instruct "Cheerfully."   (CustomVoice)
+    python -m qwen3tts_jax.server.client --text "Hi." --instruct "A calm, low voice."   (VoiceDesign)
 
 Streams binary PCM, reports first-audio latency (T1 - T0: `speak` sent to first audio
 frame received), the longest gap between audio frames, under-runs, and how many
@@ -101,7 +103,7 @@ async def speak(ws, text: str, **fields) -> Result:
 
 async def open_session(url: str, *, voice: str | None = None, language: str | None = None,
                        sample_rate: int = 24000, encoding: str = "pcm16", token: str | None = None,
-                       open_timeout: float = 30):
+                       open_timeout: float = 30, instruct: str | None = None):
     """Connect, read `ready`, send `start`; returns (websocket, ready, started)."""
     ws = await connect(url, compression=None, max_size=None, open_timeout=open_timeout)
     ready = json.loads(await ws.recv())
@@ -113,6 +115,8 @@ async def open_session(url: str, *, voice: str | None = None, language: str | No
         start["voice"] = voice
     if language:
         start["language"] = language
+    if instruct is not None:
+        start["instruct"] = instruct
     if token:
         start["authToken"] = token
     await ws.send(json.dumps(start))
@@ -135,8 +139,9 @@ def write_wav(path: str, samples: np.ndarray, sample_rate: int) -> None:
 async def amain(a: argparse.Namespace) -> int:
     token = os.environ.get(a.token_env) if a.token_env else None
     t_connect = time.perf_counter()
-    ws, ready, started = await open_session(a.url, voice=a.voice, language=a.language,
-                                            sample_rate=a.sample_rate, encoding=a.encoding, token=token)
+    ws, ready, started = await open_session(a.url, voice=a.speaker or a.voice, language=a.language,
+                                            sample_rate=a.sample_rate, encoding=a.encoding, token=token,
+                                            instruct=a.instruct)
     connect_ms = (time.perf_counter() - t_connect) * 1000
     if ready.get("warning"):
         print(f"warning: {ready['warning']}", file=sys.stderr)
@@ -174,6 +179,10 @@ def main(argv: list[str] | None = None) -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--text", required=True)
     p.add_argument("--voice", default=None, help="voice id (default: the server's default voice)")
+    p.add_argument("--speaker", default=None,
+                   help="CustomVoice servers: the preset speaker (the same as --voice NAME)")
+    p.add_argument("--instruct", default=None,
+                   help="CustomVoice 1.7B: how to speak; VoiceDesign: the voice, described in words")
     p.add_argument("--language", default=None, help='e.g. English, French, "auto" (default English)')
     p.add_argument("--url", default=DEFAULT_URL)
     p.add_argument("--out", default="out.wav")

@@ -47,3 +47,20 @@ def test_sentences_are_split_and_bounded():
     long = "word " * 200
     assert all(len(p) <= 300 for p in split_sentences(long))
     assert split_sentences("   ") == []
+
+
+def test_synthesize_with_a_preset_speaker_and_a_designed_voice(checkpoints, tmp_path):
+    """`--speaker` / `--instruct` on CustomVoice and VoiceDesign checkpoints (converted on the fly)."""
+    for preset, args in (("tiny-cv", ["--speaker", "ryan", "--instruct", "Cheerfully."]),
+                         ("tiny-vd", ["--instruct", "A calm, low voice."])):
+        hf, _ = checkpoints.get(preset, 5)
+        out = tmp_path / f"{preset}.wav"
+        result = _run("--model", hf, "--text", "Hello there.", *args, "--language", "English", "--out", out,
+                      "--greedy", "--max-new-frames", "4", "--quiet", cache=tmp_path / "cache")
+        assert result.returncode == 0, result.stderr
+        audio, sr = sf.read(out)
+        assert sr == 24000 and 0 < len(audio) <= 4 * 1920
+    hf, _ = checkpoints.get("tiny-cv", 5)
+    result = _run("--model", hf, "--text", "Hi.", "--speaker", "nobody", "--out", tmp_path / "x.wav",
+                  cache=tmp_path / "cache")
+    assert result.returncode == 2 and "unknown speaker 'nobody'" in result.stderr and "Traceback" not in result.stderr

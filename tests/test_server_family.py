@@ -99,3 +99,27 @@ def test_voice_design_server(tmp_path, models):
                 await c.send(type="start", voice="ryan")
                 assert (await c.recv_json())["code"] == "VOICE_NOT_FOUND"
     arun(body(), timeout=300)
+
+
+def test_client_cli_speaks_with_speaker_and_instruct(tmp_path, models, capsys):
+    import soundfile as sf
+    from qwen3tts_jax.server import protocol as P
+    from qwen3tts_jax.server.client import main as client_main
+
+    tts = models["tiny-cv"]
+
+    async def body():
+        async with running_server(tmp_path, loader=loader(tts), batch_slots=1) as srv:
+            out = tmp_path / "out.wav"
+            argv = ["--text", TEXT, "--url", f"ws://127.0.0.1:{srv.port}/api/v1/speak", "--out", str(out),
+                    "--speaker", "ryan", "--instruct", INSTRUCT, "--language", "English", "--seed", "3",
+                    "--max-frames", "8", "--json"]
+            with pytest.raises(SystemExit) as exit_:
+                await asyncio.to_thread(client_main, argv)
+            assert exit_.value.code == 0
+            assert json.loads(capsys.readouterr().out)["voice"] == "ryan"
+            got, _ = sf.read(out, dtype="int16")
+            wav, _ = await asyncio.to_thread(tts.synthesize, TEXT, speaker="ryan", instruct=INSTRUCT,
+                                             language="English", seed=3, max_new_frames=8)
+            assert got.tobytes() == P.encode_pcm(wav, "pcm16")
+    arun(body(), timeout=300)
