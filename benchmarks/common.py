@@ -25,18 +25,29 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
 
-def full_size_checkpoint(preset: str = "real-0.6b", dtype: str = "bfloat16", native: bool = False) -> Path:
-    """The official-layout folder of `preset`, built once and cached.
+# Model name -> (the reference checkpoint preset, the released config folder), for --model.
+MODELS = {
+    "0.6b-base": ("real-0.6b", "Qwen3-TTS-12Hz-0.6B-Base"),
+    "1.7b-base": ("real-1.7b", "Qwen3-TTS-12Hz-1.7B-Base"),
+    "0.6b-custom-voice": ("real-0.6b-cv", "Qwen3-TTS-12Hz-0.6B-CustomVoice"),
+    "1.7b-custom-voice": ("real-1.7b-cv", "Qwen3-TTS-12Hz-1.7B-CustomVoice"),
+    "1.7b-voice-design": ("real-1.7b-vd", "Qwen3-TTS-12Hz-1.7B-VoiceDesign"),
+}
 
-    `native=True` builds the released 0.6B-Base sizes without torch (random Flax init run
-    backwards through the conversion table): for machines without the reference installed.
+
+def full_size_checkpoint(model: str = "0.6b-base", dtype: str = "bfloat16", native: bool = False) -> Path:
+    """The official-layout folder of one of `MODELS` at its released sizes, built once and cached.
+
+    `native=True` builds it without torch (random Flax init run backwards through the conversion
+    table): for machines without the reference installed.
     """
+    preset, folder = MODELS[model]
     if native:
         from qwen3tts_jax.convert.demo import build_random_checkpoint, released_configs
 
-        path = CACHE / "real-0.6b-native-hf"
+        path = CACHE / f"{preset}-native-hf"
         if not (path / "model.safetensors").exists():
-            build_random_checkpoint(path, *released_configs())
+            build_random_checkpoint(path, *released_configs(folder))
         return path
     path = CACHE / f"{preset}-{dtype}-hf"
     if not (path / "model.safetensors").exists():

@@ -1,9 +1,13 @@
-"""Decode speed, JAX vs the PyTorch reference, on the full-size 0.6B-Base (random weights).
+"""Decode speed, JAX vs the PyTorch reference, on a full-size model (random weights).
 
-    python benchmarks/generation.py [--frames 16] [--batch 1 4 8] [--dtypes float32 bfloat16] [--no-reference]
+    python benchmarks/generation.py [--model 0.6b-base] [--frames 16] [--batch 1 4 8]
+        [--dtypes float32 bfloat16] [--no-reference]
 
-Both run in this one process, one after the other, on the same checkpoint and prompt
-(x-vector voice, short English text). Reported as medians:
+`--model`: any of the five released 12 Hz models (`common.MODELS`: 0.6b-base, 1.7b-base,
+0.6b-custom-voice, 1.7b-custom-voice, 1.7b-voice-design), at its released sizes. Both run in
+this one process, one after the other, on the same checkpoint and prompt (short English
+text; a random x-vector voice for Base, the first preset speaker for CustomVoice, a described
+voice for VoiceDesign). Reported as medians:
 - reference: ms per frame of its own `generate` (EOS disabled by pointing `eos_token_id` at a
   suppressed id, so every run makes exactly the frames asked for), prefill excluded by
   differencing two run lengths; codec decode of those frames timed separately;
@@ -22,9 +26,38 @@ import os
 import time
 
 import numpy as np
-from common import converted, full_size_checkpoint, median_ms, timed, write_result
+from common import MODELS, converted, full_size_checkpoint, median_ms, timed, write_result
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the forest."
+INSTRUCT = "A calm, warm voice, speaking at an even pace."  # VoiceDesign's voice
+
+
+def reference_voice(ref) -> dict:
+    """The reference `generate`'s voice arguments for the benchmark's voice of its model type."""
+    cfg = ref.model.config
+    if cfg.tts_model_type == "custom_voice":
+        return {"speakers": [sorted(cfg.talker_config.spk_id)[0]], "non_streaming_mode": False}
+    if cfg.tts_model_type == "voice_design":
+        return {"instruct_ids": ref._tokenize_texts([ref._build_instruct_text(INSTRUCT)]), "non_streaming_mode": False}
+    import torch
+    from qwen_tts.inference.qwen3_tts_model import VoiceClonePromptItem
+
+    hidden = cfg.talker_config.hidden_size
+    emb = torch.from_numpy(np.random.default_rng(0).standard_normal(hidden).astype(np.float32))
+    item = VoiceClonePromptItem(ref_code=None, ref_spk_embedding=emb, x_vector_only_mode=True, icl_mode=False)
+    return {"voice_clone_prompt": ref._prompt_items_to_voice_clone_prompt([item]), "ref_ids": None}
+
+
+def jax_voice(tts) -> dict:
+    """Our request's voice arguments, the same voice as `reference_voice` (streaming text)."""
+    from qwen3tts_jax import VoicePrompt
+
+    if tts.model_type == "custom_voice":
+        return {"speaker": tts.speakers[0], "non_streaming_text": False}
+    if tts.model_type == "voice_design":
+        return {"instruct": INSTRUCT, "non_streaming_text": False}
+    hidden = tts.config.talker.hidden_size
+    return {"voice": VoicePrompt(np.random.default_rng(0).standard_normal(hidden).astype(np.float32))}
 
 
 def bench_reference(src, frames: int) -> dict:
@@ -34,16 +67,14 @@ def bench_reference(src, frames: int) -> dict:
 
     torch.set_num_threads(os.cpu_count())
     ref = load_reference(src)
-    emb = torch.from_numpy(np.random.default_rng(0).standard_normal(1024).astype(np.float32))
-    from qwen_tts.inference.qwen3_tts_model import VoiceClonePromptItem
-
-    item = VoiceClonePromptItem(ref_code=None, ref_spk_embedding=emb, x_vector_only_mode=True, icl_mode=False)
+    voice = reference_voice(ref)
+    # EOS never wins: point it at an id of the suppressed control range that is no control id.
+    never = ref.model.config.talker_config.codec_eos_token_id + 1
 
     def run(n):
         return ref.model.generate(
-            input_ids=ref._tokenize_texts([ref._build_assistant_text(TEXT)]), ref_ids=None,
-            voice_clone_prompt=ref._prompt_items_to_voice_clone_prompt([item]), languages=["English"],
-            max_new_tokens=n + 1, eos_token_id=2151, do_sample=True, top_k=50, top_p=1.0, temperature=0.9,
+            input_ids=ref._tokenize_texts([ref._build_assistant_text(TEXT)]), languages=["English"], **voice,
+            max_new_tokens=n + 1, eos_token_id=never, do_sample=True, top_k=50, top_p=1.0, temperature=0.9,
             subtalker_dosample=True, subtalker_top_k=50, subtalker_top_p=1.0, subtalker_temperature=0.9,
             repetition_penalty=1.05)
 
@@ -75,13 +106,14 @@ def heads_ab(tts, engine, frames: int, rounds: int = 5) -> dict:
     return {f"heads_{name}_ms_per_step_span_128": round(float(np.median(t)), 2) for name, t in times.items()}
 
 
-def bench_engine(tts, voice, b: int, frames: int, both_loops: bool = False, compare_heads: bool = False) -> dict:
+def bench_engine(tts, voice: dict, b: int, frames: int, both_loops: bool = False,
+                 compare_heads: bool = False) -> dict:
     import jax
 
     from qwen3tts_jax import GenerationRequest
 
     engine = tts.batch_engine(b, max_seq_len=1024)
-    request = GenerationRequest(TEXT, voice, "English", max_new_frames=10_000)
+    request = GenerationRequest(TEXT, language="English", max_new_frames=10_000, **voice)
     start = time.perf_counter()
     for slot in range(b):
         engine.admit(slot, request)
@@ -132,12 +164,12 @@ def device_memory() -> dict | None:
             if k in stats} | {"unit": "GiB"}
 
 
-def bench_long_batch(tts, voice, rows: int, max_seq_len: int, frames: int) -> dict:
+def bench_long_batch(tts, voice: dict, rows: int, max_seq_len: int, frames: int) -> dict:
     """A full batch with caches of `max_seq_len` frames: does it fit, and the memory it takes."""
     from qwen3tts_jax import GenerationRequest
 
     engine = tts.batch_engine(rows, max_seq_len=max_seq_len)
-    request = GenerationRequest(TEXT, voice, "English", max_new_frames=10_000)
+    request = GenerationRequest(TEXT, language="English", max_new_frames=10_000, **voice)
     for slot in range(rows):
         engine.admit(slot, request)
     steps = timed(engine.step, frames)
@@ -168,10 +200,10 @@ def generate_only_ms(engine, span: int, frames: int, spec=None) -> float:
 
 def bench_jax(src, dtype: str, batches: list[int], frames: int, both_loops: bool, long_batch: bool,
               compare_heads: bool = False) -> dict:
-    from qwen3tts_jax import Qwen3TTS, VoicePrompt
+    from qwen3tts_jax import Qwen3TTS
 
     tts = Qwen3TTS.from_pretrained(converted(src, dtype))
-    voice = VoicePrompt(np.random.default_rng(0).standard_normal(tts.config.talker.hidden_size).astype(np.float32))
+    voice = jax_voice(tts)
     out = {}
     for b in batches:
         out[f"batch_{b}"] = bench_engine(tts, voice, b, frames, both_loops, compare_heads)
@@ -197,6 +229,7 @@ def bench_jax(src, dtype: str, batches: list[int], frames: int, both_loops: bool
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="0.6b-base", choices=sorted(MODELS))
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
@@ -212,9 +245,9 @@ def main() -> None:
                              "XLA's float32 dot, interleaved")
     parser.add_argument("--name", default="generation_cpu")
     args = parser.parse_args()
-    src = full_size_checkpoint(native=args.native)
+    src = full_size_checkpoint(args.model, native=args.native)
     args.no_reference |= args.native
-    result = {"model": "0.6B-Base full size, random weights", "text": TEXT, "frames_timed": args.frames}
+    result = {"model": f"{args.model} full size, random weights", "text": TEXT, "frames_timed": args.frames}
     if not args.no_reference:
         result["reference_float32"] = bench_reference(src, args.frames)
         gc.collect()

@@ -15,7 +15,7 @@ import argparse
 import json
 
 import numpy as np
-from generation import bench_long_batch
+from generation import bench_long_batch, jax_voice
 
 
 def main() -> None:
@@ -27,15 +27,14 @@ def main() -> None:
     args = parser.parse_args()
     import jax
 
-    from qwen3tts_jax import Qwen3TTS, VoicePrompt
+    from qwen3tts_jax import Qwen3TTS
 
     device = jax.devices()[0]
     if not device.memory_stats():
         raise SystemExit(f"{device.platform} keeps no allocator statistics: run this on an accelerator")
     tts = Qwen3TTS.from_pretrained(args.model)
     loaded = device.memory_stats()
-    voice = VoicePrompt(np.random.default_rng(0).standard_normal(tts.config.talker.hidden_size).astype(np.float32))
-    result = bench_long_batch(tts, voice, args.rows, args.max_seq_len, args.steps)
+    result = bench_long_batch(tts, jax_voice(tts), args.rows, args.max_seq_len, args.steps)
     print(json.dumps({
         "model": args.model, "dtype": str(np.dtype(tts.dtype)), "device": str(device),
         "after_load_gib": {"peak": round(loaded["peak_bytes_in_use"] / 2**30, 3),

@@ -70,10 +70,12 @@ def build_demo_checkpoint(dst: str | os.PathLike, seed: int = 0) -> Path:
     return build_random_checkpoint(dst, *demo_configs(), seed=seed)
 
 
-def released_configs() -> tuple[dict, dict]:
-    """The released 0.6B-Base configs (for full-size random checkpoints: benchmarks)."""
-    return (json.loads((BASE_06B / "config.json").read_text()),
-            json.loads((BASE_06B / "speech_tokenizer" / "config.json").read_text()))
+def released_configs(name: str = BASE_06B.name) -> tuple[dict, dict]:
+    """The configs of a released model folder (`convert/assets/hf-configs/<name>`), for full-size
+    random checkpoints (benchmarks)."""
+    folder = BASE_06B.parent / name
+    return (json.loads((folder / "config.json").read_text()),
+            json.loads((folder / "speech_tokenizer" / "config.json").read_text()))
 
 
 def build_random_checkpoint(dst: str | os.PathLike, main: dict, tok: dict, seed: int = 0) -> Path:

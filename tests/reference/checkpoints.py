@@ -65,7 +65,8 @@ PRESETS: dict[str, dict] = {
     "tiny-cv-0b6": dict(talker=_TINY_TALKER, predictor=_TINY_PREDICTOR, speaker={}, size="0b6", source=CV_06B),
     "tiny-vd": dict(talker={**_TINY_TALKER, "hidden_size": 48, "intermediate_size": 96},
                     predictor=_TINY_PREDICTOR, speaker={}, size="1b7", source=VD_17B),
-    # the released CustomVoice and VoiceDesign sizes (key coverage on the meta device)
+    "real-1.7b": dict(talker={}, predictor={}, speaker={}, size=None, real=True, source=BASE_17B),
+    # the released CustomVoice and VoiceDesign sizes (key coverage on the meta device, benchmarks)
     "real-0.6b-cv": dict(talker={}, predictor={}, speaker={}, size=None, real=True, source=CV_06B),
     "real-1.7b-cv": dict(talker={}, predictor={}, speaker={}, size=None, real=True, source=CV_17B),
     "real-1.7b-vd": dict(talker={}, predictor={}, speaker={}, size=None, real=True, source=VD_17B),
