@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one `device` call (the lent machine is bare and lent for minutes):
-# the generation benchmark (bfloat16, batches 1/4/16, both code-predictor loop forms, 16 rows
-# of 2048-frame caches for memory), then the server load test on the same converted weights.
+# the generation benchmark on 0.6B-Base (bfloat16, batches 1/4/16, both code-predictor loop
+# forms, 16 rows of 2048-frame caches for memory) and on 1.7B-CustomVoice (batches 1/16), then
+# the server load test on the 0.6B's converted weights.
 #
 # Here, once: carry the wheels the device image lacks (soundfile, soxr, websockets and their
 # needs; flax/orbax as a fallback in .whl/fallback), see the device README:
@@ -34,7 +35,13 @@ python3 -c "import jax, flax, orbax.checkpoint as o; print('jax', jax.__version_
 timeout "${GEN_TIMEOUT:-300}" python3 benchmarks/generation.py --native --frames 32 --batch ${BATCHES:-1 16 4} \
     --dtypes ${DTYPES:-bfloat16} --both-loops --long-batch --name generation_gpu
 cp benchmarks/results/generation_gpu.json "$OUT/" 2>/dev/null
-echo "generation done at +$(( $(date +%s) - start )) s"
+echo "generation (0.6B-Base) done at +$(( $(date +%s) - start )) s"
+
+# The 1.7B (CustomVoice: the field's most benchmarked model), batch 1 and 16, in the same call.
+timeout "${GEN17_TIMEOUT:-240}" python3 benchmarks/generation.py --native --model 1.7b-custom-voice --frames 32 \
+    --batch ${BATCHES17:-1 16} --dtypes ${DTYPES:-bfloat16} --name generation_gpu_1.7b_cv
+cp benchmarks/results/generation_gpu_1.7b_cv.json "$OUT/" 2>/dev/null
+echo "generation (1.7B-CustomVoice) done at +$(( $(date +%s) - start )) s"
 
 # The memory target in a fresh process: the generation run's peak includes building the checkpoint.
 timeout 150 python3 benchmarks/memory.py "$CKPT" --rows 16 --max-seq-len 2048 \
