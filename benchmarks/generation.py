@@ -153,6 +153,37 @@ def bench_engine(tts, voice: dict, b: int, frames: int, both_loops: bool = False
             **{f"generate_ms_per_step_span_{span}": ms for span, ms in generate.items()}, **other}
 
 
+def bench_active_rows(tts, voice: dict, slots: int, actives: list[int], frames: int) -> dict:
+    """A `slots`-slot engine with only `n` active requests: ms per engine step (with audio) and
+    per frame step alone (span 128), for each n. Idle slots should cost nothing."""
+    import jax
+
+    from qwen3tts_jax import GenerationRequest, buckets, generation
+
+    engine = tts.batch_engine(slots, max_seq_len=1024)
+    request = GenerationRequest(TEXT, language="English", max_new_frames=10_000, **voice)
+    out = {}
+    for n in actives:
+        for slot in range(n):
+            engine.admit(slot, request)
+        engine.step()  # compiles this row count
+        steps = timed(engine.step, frames)
+        rows = buckets.active_rows(n, slots)
+        parts = engine.parts.for_rows(rows)
+
+        def one(parts=parts, rows=rows):
+            engine.state, o = generation.generate_frames(parts.spec, parts.weights, engine.state, 1,
+                                                         GENERATE_SPANS[0], rows)
+            jax.block_until_ready(o)
+        one()
+        out[f"active_{n}"] = {"rows_computed": rows, "ms_per_step": median_ms(steps),
+                              "generate_ms_per_step_span_128": median_ms(timed(one, frames))}
+        print("active rows", slots, n, out[f"active_{n}"], flush=True)
+        for slot in range(n):
+            engine.release(slot)
+    return out
+
+
 def device_memory() -> dict | None:
     """The accelerator allocator's peak and current bytes (None on CPU, which keeps no stats)."""
     import jax
@@ -199,7 +230,7 @@ def generate_only_ms(engine, span: int, frames: int, spec=None) -> float:
 
 
 def bench_jax(src, dtype: str, batches: list[int], frames: int, both_loops: bool, long_batch: bool,
-              compare_heads: bool = False) -> dict:
+              compare_heads: bool = False, active_slots: int = 0) -> dict:
     from qwen3tts_jax import Qwen3TTS
 
     tts = Qwen3TTS.from_pretrained(converted(src, dtype))
@@ -209,6 +240,8 @@ def bench_jax(src, dtype: str, batches: list[int], frames: int, both_loops: bool
         out[f"batch_{b}"] = bench_engine(tts, voice, b, frames, both_loops, compare_heads)
         gc.collect()
         print(dtype, b, out[f"batch_{b}"], flush=True)
+    if active_slots:
+        out[f"engine_{active_slots}_slots"] = bench_active_rows(tts, voice, active_slots, batches, frames)
     out["device_memory"] = device_memory()
     if long_batch:
         out["batch_16_seq_2048"] = bench_long_batch(tts, voice, 16, 2048, 4)
@@ -243,6 +276,8 @@ def main() -> None:
     parser.add_argument("--heads-ab", action="store_true",
                         help="packed engines: also time the code predictor's heads on the CPU kernel against "
                              "XLA's float32 dot, interleaved")
+    parser.add_argument("--active-slots", type=int, default=0, metavar="SLOTS",
+                        help="also time an engine of SLOTS slots with only `--batch` n requests active")
     parser.add_argument("--name", default="generation_cpu")
     args = parser.parse_args()
     src = full_size_checkpoint(args.model, native=args.native)
@@ -254,7 +289,7 @@ def main() -> None:
         print("reference", result["reference_float32"], flush=True)
     for dtype in args.dtypes:
         result[f"jax_{dtype}"] = bench_jax(src, dtype, args.batch, args.frames, args.both_loops, args.long_batch,
-                                           args.heads_ab)
+                                           args.heads_ab, args.active_slots)
     if "reference_float32" in result:
         ref = result["reference_float32"]["ms_per_frame"]
         result["speedup_vs_reference_batch1"] = {

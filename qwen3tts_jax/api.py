@@ -243,7 +243,7 @@ class Qwen3TTS:
         `max_seq_len` bounds prompt + generated frames per row (2048: about 2:40 of audio after
         a 10 s reference clip); `max_text_tokens` bounds the text fed during decoding.
         """
-        return BatchEngine(self.prompts, self.decode_parts(num_slots), self.model.codec_decoder, num_slots,
+        return BatchEngine(self.prompts, self.row_parts(), self.model.codec_decoder, num_slots,
                            max_seq_len=max_seq_len, max_text_tokens=max_text_tokens, stream_audio=stream_audio,
                            default_max_new_frames=self.default_max_new_frames, sample_rate=self.sample_rate)
 
@@ -276,6 +276,13 @@ class Qwen3TTS:
         if self._packed_parts is None:
             self._packed_parts = generation.pack_parts(self._parts)
         return self._packed_parts
+
+    def row_parts(self) -> generation.RowParts:
+        """The parts by rows computed per step, for engines (packed up to `PACKED_MAX_ROWS` rows
+        where `generation.packing_pays`)."""
+        plain = self.decode_parts()
+        packed = self.decode_parts(1)
+        return generation.RowParts(plain, packed if packed is not plain else None, generation.PACKED_MAX_ROWS)
 
 
 def check_ids_of(folder: Path) -> None:

@@ -66,3 +66,13 @@ def cache_len(max_new_frames: int) -> int:
     """KV cache length of an engine the API builds for requests of `max_new_frames`: 2048, or
     more in steps of 1024 (room for a prompt of up to 1024 rows)."""
     return max(2048, -(-(max_new_frames + 1024) // 1024) * 1024)
+
+
+def active_rows(n: int, num_slots: int) -> int:
+    """Rows one frame step computes when `n` rows are active: powers of two, capped at the
+    engine's slots. The engine keeps its active rows first, so a 64-slot engine with 2 busy
+    pays for a 2-row step; each size is one compile of the step per attention span."""
+    rows = 1
+    while rows < n:
+        rows *= 2
+    return min(rows, num_slots)

@@ -6,8 +6,14 @@ request between frames; `step` advances every active slot by one frame in one de
 decodes the new frames to PCM; `release` frees a slot at once (cancel, disconnect).
 Not thread-safe: drive an engine from one thread (the server's device worker does).
 
+Idle slots cost nothing: the engine keeps its active requests in the first rows of its state
+(a slot is the caller's name for a request; a row is where it lives) and each step computes
+only `buckets.active_rows(n)` rows, so a 16-slot engine with one busy slot runs a 1-row step.
+When a request ends, the last row moves into its place (`generation.move_row`: the row's
+state and the KV cache slots it has written).
+
 The engine is given everything it uses: a `PromptBuilder` (text -> prompt layout), the
-`DecodeParts` (spec and weights of the frame step) and the codec decoder. It never reaches
+`RowParts` (spec and weights of the frame step) and the codec decoder. It never reaches
 back into the `Qwen3TTS` facade, which only builds engines from those parts.
 """
 
@@ -22,7 +28,7 @@ import numpy as np
 
 from qwen3tts_jax import buckets, generation
 from qwen3tts_jax.codec_decoder import CodecDecoder
-from qwen3tts_jax.generation import DecodeParts
+from qwen3tts_jax.generation import RowParts
 from qwen3tts_jax.prompt import PromptBuilder, embed_layout, embed_text_ids
 from qwen3tts_jax.request import GenerationRequest
 from qwen3tts_jax.sampling import SamplingParams
@@ -53,14 +59,14 @@ class BatchEngine:
     """`num_slots` rows of generation; see the module docstring.
 
     `prompts`: turns a request's text, voice and language into a prompt layout. `parts`: the
-    frame step's spec and weights (`generation.make_parts`, packed or not). `codec_decoder`:
+    frame step's spec and weights by rows computed (`generation.RowParts`). `codec_decoder`:
     the speech tokenizer's decoder, for PCM (`stream_audio`). `max_seq_len` bounds prompt +
     generated frames per row; `max_text_tokens` bounds the text fed during decoding;
     `default_max_new_frames` caps a request that names no `max_new_frames`; `sample_rate` is
     the codec's output rate.
     """
 
-    def __init__(self, prompts: PromptBuilder, parts: DecodeParts, codec_decoder: CodecDecoder,
+    def __init__(self, prompts: PromptBuilder, parts: RowParts, codec_decoder: CodecDecoder,
                  num_slots: int = 1, *, max_seq_len: int = 2048, max_text_tokens: int = 512,
                  stream_audio: bool = True, default_max_new_frames: int | None = None,
                  sample_rate: int):
@@ -72,16 +78,20 @@ class BatchEngine:
         self.max_text_tokens = max_text_tokens
         self.default_max_new_frames = default_max_new_frames
         self.parts = parts
-        self.spec, self.weights = parts.spec, parts.weights
-        self._embed_weights = (parts.spec.talker_def, parts.weights.talker, parts.spec.predictor_def,
-                               parts.weights.predictor)
+        # What a step over all `num_slots` rows decodes with; prefill (one row) uses `_one`.
+        full = parts.for_rows(num_slots)
+        self.spec, self.weights = full.spec, full.weights
+        self._one = parts.for_rows(1)
+        self._embed_weights = (self._one.spec.talker_def, self._one.weights.talker,
+                               self._one.spec.predictor_def, self._one.weights.predictor)
         self.state = generation.empty_state(num_slots, max_seq_len, max_text_tokens, prompts.config.talker,
-                                            parts.dtype)
+                                            full.dtype)
         self.sample_rate = sample_rate
         self.samples_per_frame = codec_decoder.cfg.samples_per_frame
         self.stream_audio = stream_audio
         self.decoder = StreamingDecoder(codec_decoder, num_slots) if stream_audio else None
         self._slots: dict[int, _Slot] = {}
+        self._rows: list[int] = []  # row r of the state holds slot self._rows[r]; active rows come first
         self._voice_states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._no_xvector = np.zeros((prompts.config.talker.hidden_size,), np.float32)
         self._zero_state = None
@@ -121,31 +131,62 @@ class BatchEngine:
         one = functools.partial(SamplingParams.make, 1)
         talker_p = one(r.temperature, r.top_k, r.top_p, r.greedy)
         sub_p = one(r.subtalker_temperature, r.subtalker_top_k, r.subtalker_top_p, r.greedy)
+        row = len(self._rows)
         self.state = generation.prefill(
-            self.spec, self.weights, self.state, np.int32(slot), embeds, np.int32(n), trailing_vecs,
+            self._one.spec, self._one.weights, self.state, np.int32(row), embeds, np.int32(n), trailing_vecs,
             np.int32(len(layout.trailing_ids)), jax.tree.map(lambda x: x[0], talker_p),
             jax.tree.map(lambda x: x[0], sub_p), np.float32(r.repetition_penalty), np.uint32(r.seed % 2**32),
             np.int32(max_frames))
         if self.decoder is not None:
-            self.decoder.state = self.decoder.set_row(self.decoder.state, slot, self._voice_state(r.voice))
+            self.decoder.state = self.decoder.set_row(self.decoder.state, row, self._voice_state(r.voice))
         self._slots[slot] = _Slot(r, n)
+        self._rows.append(slot)
+
+    def _spans(self) -> list[int]:
+        spans = [buckets.attend_span(1, self.max_seq_len)]
+        while spans[-1] < self.max_seq_len:
+            spans.append(buckets.attend_span(spans[-1] + 1, self.max_seq_len))
+        return spans
+
+    def _row_counts(self) -> list[int]:
+        return sorted({buckets.active_rows(n, self.num_slots) for n in range(1, self.num_slots + 1)})
 
     def warmup(self) -> None:
-        """Compile the frame step for every attention span this engine can reach, so a stream
-        that grows into a longer span never stalls the others on a compile. Needs no active slot."""
+        """Compile the frame step for every row count and attention span this engine can reach,
+        and the row move for every span, so that a stream growing into a longer span, or a
+        batch growing or shrinking, never stalls the others on a compile. Needs no active slot."""
         if self._slots:
             raise RuntimeError("warm up before admitting requests")
-        span = buckets.attend_span(1, self.max_seq_len)
-        while True:
-            self.state, _ = generation.generate_frames(self.spec, self.weights, self.state, 1, span)
-            if span >= self.max_seq_len:
-                break
-            span = buckets.attend_span(span + 1, self.max_seq_len)
+        for span in self._spans():
+            for rows in self._row_counts():
+                parts = self.parts.for_rows(rows)
+                self.state, _ = generation.generate_frames(parts.spec, parts.weights, self.state, 1, span, rows)
+                if self.decoder is not None:
+                    codes = np.zeros((rows, 1, self.spec.groups), np.int32)
+                    _, self.decoder.state = self.decoder.step(self.decoder.state, codes, np.zeros(rows, np.int32))
+            if self.num_slots > 1:
+                self.state = generation.move_row(self.state, np.int32(1), np.int32(0), span)
+        if self.decoder is not None and self.num_slots > 1:
+            self.decoder.state = self.decoder.move_row(self.decoder.state, 1, 0)
 
     def release(self, slot: int) -> None:
         """Free `slot` now; whatever it was generating is dropped."""
         if self._slots.pop(slot, None) is not None:
-            self.state = generation.release(self.state, np.int32(slot))
+            row = self._rows.index(slot)
+            self.state = generation.release(self.state, np.int32(row))
+            self._drop_row(row)
+
+    def _drop_row(self, row: int) -> None:
+        """Row `row` is done: the last active row moves into it, so active rows stay first."""
+        last = len(self._rows) - 1
+        if row != last:
+            moved = self._slots[self._rows[last]]
+            span = buckets.attend_span(moved.next_slot + 1, self.max_seq_len)  # every slot it has written
+            self.state = generation.move_row(self.state, np.int32(last), np.int32(row), span)
+            if self.decoder is not None:
+                self.decoder.state = self.decoder.move_row(self.decoder.state, last, row)
+            self._rows[row] = self._rows[last]
+        self._rows.pop()
 
     # -- generation -------------------------------------------------------------------------
 
@@ -155,7 +196,10 @@ class BatchEngine:
             return {}
         needed = max(s.next_slot for s in self._slots.values()) + 1
         span = buckets.attend_span(needed, self.max_seq_len)
-        self.state, (codes, made, finished) = generation.generate_frames(self.spec, self.weights, self.state, 1, span)
+        rows = buckets.active_rows(len(self._rows), self.num_slots)
+        parts = self.parts.for_rows(rows)
+        self.state, (codes, made, finished) = generation.generate_frames(parts.spec, parts.weights, self.state, 1,
+                                                                         span, rows)
         pcm = None
         if self.decoder is not None:
             pcm, self.decoder.state = self.decoder.step(self.decoder.state, codes, made)
@@ -163,14 +207,18 @@ class BatchEngine:
         pcm = None if pcm is None else np.asarray(pcm)
         spf = self.samples_per_frame
         out = {}
-        for slot in list(self._slots):
-            n = int(n_valid[slot])
+        done = []
+        for row, slot in enumerate(self._rows):
+            n = int(n_valid[row])
             out[slot] = SlotOutput(
-                pcm=pcm[slot, :n * spf] if pcm is not None else np.zeros(0, np.float32),
-                codes=np.ascontiguousarray(codes[slot, :n]), finished=bool(finished[slot]))
+                pcm=pcm[row, :n * spf] if pcm is not None else np.zeros(0, np.float32),
+                codes=np.ascontiguousarray(codes[row, :n]), finished=bool(finished[row]))
             self._slots[slot].frames += n
-            if finished[slot]:
-                del self._slots[slot]
+            if finished[row]:
+                done.append(row)
+        for row in reversed(done):  # from the last: a moved row is never one still to drop
+            del self._slots[self._rows[row]]
+            self._drop_row(row)
         return out
 
     def _voice_state(self, voice: VoicePrompt | None):

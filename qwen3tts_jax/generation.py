@@ -109,6 +109,19 @@ class DecodeParts:
         return self.weights.tts_pad.dtype
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class RowParts:
+    """The parts an engine decodes with, by how many rows a step computes: `packed` (the CPU
+    kernel) up to `packed_rows` rows, `plain` above (or always, without `packed`)."""
+
+    plain: DecodeParts
+    packed: DecodeParts | None = None
+    packed_rows: int = 0
+
+    def for_rows(self, rows: int) -> DecodeParts:
+        return self.packed if self.packed is not None and rows <= self.packed_rows else self.plain
+
+
 def make_parts(talker, predictor, config: Qwen3TTSConfig) -> DecodeParts:
     """Split the talker and code predictor once into a spec and weights; every id and size
     comes from `config`."""
@@ -289,22 +302,61 @@ def _frame(spec: DecodeSpec, weights: Weights, state: RowState, attend_len: int 
     return new, (codes, emitted, finished)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "frames", "attend_len"), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("spec", "frames", "attend_len", "rows"), donate_argnames=("state",))
 def generate_frames(spec: DecodeSpec, weights: Weights, state: RowState, frames: int = 1,
-                  attend_len: int | None = None):
-    """`frames` frame steps in one device call.
+                    attend_len: int | None = None, rows: int | None = None):
+    """`frames` frame steps in one device call, for the first `rows` rows (static; default all).
 
     `attend_len` (static) bounds the talker's attention to the first cache slots; the caller
     guarantees every active row's last slot in this call is below it (`buckets.attend_span`).
-    Returns the state and `(codes [B, frames, G], made [B], finished [B])`: row b made its
-    first `made[b]` frames of `codes` in this call (rows stop early at EOS or their limit),
-    and `finished[b]` says its utterance ended here.
+    `rows`: the step computes only rows `0..rows-1` (the engine keeps its active rows there,
+    `buckets.active_rows`); the others are left as they are, and their KV cache is neither read
+    nor copied. Returns the state and `(codes [rows, frames, G], made [rows], finished [rows])`:
+    row b made its first `made[b]` frames of `codes` in this call (rows stop early at EOS or
+    their limit), and `finished[b]` says its utterance ended here.
     """
+    rows = state.length.shape[0] if rows is None else rows
+
     def body(s, _):
-        return _frame(spec, weights, s, attend_len)
+        sub, out = _frame(spec, weights, _leading(s, rows), attend_len)
+        return _put_leading(s, sub, rows), out
     state, (codes, emitted, finished) = jax.lax.scan(body, state, None, length=frames)
     made = emitted.sum(axis=0).astype(jnp.int32)
     return state, (jnp.swapaxes(codes, 0, 1), made, finished.any(axis=0))
+
+
+def _leading(state: RowState, rows: int) -> RowState:
+    """The first `rows` rows of every per-row field; the KV cache stays whole (the talker writes
+    and reads just its first rows in place, `kv_cache.write_rows`)."""
+    if rows == state.length.shape[0]:
+        return state
+    sub = jax.tree.map(lambda x: x[:rows], dataclasses.replace(state, cache=None))
+    return dataclasses.replace(sub, cache=state.cache)
+
+
+def _put_leading(state: RowState, sub: RowState, rows: int) -> RowState:
+    if rows == state.length.shape[0]:
+        return sub
+    merged = jax.tree.map(lambda full, part: full.at[:rows].set(part), dataclasses.replace(state, cache=None),
+                          dataclasses.replace(sub, cache=None))
+    return dataclasses.replace(merged, cache=sub.cache)
+
+
+@functools.partial(jax.jit, static_argnames=("span",), donate_argnames=("state",))
+def move_row(state: RowState, src, dst, span: int) -> RowState:
+    """Row `src`'s whole state into row `dst` (the engine packs its active rows): every per-row
+    field, and the first `span` (static, `buckets.attend_span`) slots of its KV cache, all the
+    row has written. `src` is left inactive."""
+    def move(x):
+        return x.at[dst].set(x[src])
+
+    def move_span(c):
+        block = jax.lax.dynamic_slice(c, (src, 0, 0, 0), (1, span, *c.shape[2:]))
+        return jax.lax.dynamic_update_slice(c, block, (dst, 0, 0, 0))
+    fields = jax.tree.map(move, dataclasses.replace(state, cache=None))
+    cache = KVCache(tuple(move_span(c) for c in state.cache.keys), tuple(move_span(c) for c in state.cache.values))
+    moved = dataclasses.replace(fields, cache=cache)
+    return dataclasses.replace(moved, active=moved.active.at[src].set(False))
 
 
 def unroll_predictor_default() -> bool:

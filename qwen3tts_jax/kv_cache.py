@@ -36,10 +36,20 @@ class KVCache:
 
 
 def write_rows(cache: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
-    """Write `new [B, T, K, H]` into `cache [B, S, K, H]` at slot `start[b]` of each row.
+    """Write `new [b, T, K, H]` into the first b rows of `cache [B, S, K, H]`, at slot `start[r]`
+    of row r.
 
-    The caller guarantees `start + T <= S` (dynamic_update_slice would clamp silently).
+    The caller guarantees `start + T <= S` (dynamic_update_slice would clamp silently). With
+    fewer rows than the cache (a step over the active rows only, `b < B`), one slot per row is
+    scattered into the whole cache in place: slicing the first rows out and back would copy
+    them every step.
     """
+    b, t = new.shape[:2]
+    if b < cache.shape[0]:
+        if t != 1:
+            raise ValueError(f"writing {t} slots into the first {b} of {cache.shape[0]} rows: only one slot")
+        return cache.at[jnp.arange(b), start.astype(jnp.int32)].set(new[:, 0].astype(cache.dtype))
+
     def one(row, upd, s):
         return jax.lax.dynamic_update_slice(row, upd, (s, 0, 0))
     return jax.vmap(one)(cache, new.astype(cache.dtype), start.astype(jnp.int32))

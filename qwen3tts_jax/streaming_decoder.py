@@ -62,6 +62,19 @@ def _step(graphdef, params, state: DecoderState, codes: jax.Array, n_valid: jax.
     return _run(nnx.merge(graphdef, params), state, codes, n_valid)
 
 
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _step_leading(graphdef, params, state: DecoderState, codes: jax.Array, n_valid: jax.Array):
+    """`_step` for the first `codes.shape[0]` rows only; the other rows keep their state."""
+    b = codes.shape[0]
+    pcm, new = _run(nnx.merge(graphdef, params), jax.tree.map(lambda x: x[:b], state), codes, n_valid)
+    return pcm, jax.tree.map(lambda full, part: full.at[:b].set(part), state, new)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _move_row(state: DecoderState, src: jax.Array, dst: jax.Array) -> DecoderState:
+    return jax.tree.map(lambda x: x.at[dst].set(x[src]), state)
+
+
 @functools.partial(jax.jit, donate_argnums=0)
 def _reset(state: DecoderState, rows: jax.Array) -> DecoderState:
     def clear(x):
@@ -139,12 +152,16 @@ class StreamingDecoder:
             raise ValueError(f"row {row} out of range for {self.batch_size} rows")
         return _set_row(state, jnp.asarray(row, jnp.int32), row_state)
 
-    def _n_valid(self, n_valid, n: int) -> jax.Array:
+    def move_row(self, state: DecoderState, src: int, dst: int) -> DecoderState:
+        """`state` with row `src`'s stream copied into row `dst` (donates `state`)."""
+        return _move_row(state, jnp.asarray(src, jnp.int32), jnp.asarray(dst, jnp.int32))
+
+    def _n_valid(self, n_valid, n: int, rows: int) -> jax.Array:
         if n_valid is None:
-            return jnp.full((self.batch_size,), n, jnp.int32)
+            return jnp.full((rows,), n, jnp.int32)
         nv = np.asarray(n_valid) if not isinstance(n_valid, jax.Array) else n_valid
-        if nv.shape != (self.batch_size,):
-            raise ValueError(f"n_valid must have shape ({self.batch_size},), got {tuple(nv.shape)}")
+        if nv.shape != (rows,):
+            raise ValueError(f"n_valid must have shape ({rows},), got {tuple(nv.shape)}")
         if isinstance(nv, np.ndarray) and (nv.min() < 0 or nv.max() > n):
             raise ValueError(f"n_valid must be in [0, {n}], got {nv.tolist()}")
         return jnp.asarray(nv, jnp.int32)
@@ -154,26 +171,31 @@ class StreamingDecoder:
         if isinstance(codes, jax.Array):
             # Device arrays are not pulled to the host to check ids: an id out of range
             # gathers NaN, which shows in the output.
-            if codes.ndim != 3 or codes.shape[0] != self.batch_size or codes.shape[2] != q:
-                raise ValueError(f"codes must have shape [{self.batch_size}, frames, {q}], "
+            if codes.ndim != 3 or not 0 < codes.shape[0] <= self.batch_size or codes.shape[2] != q:
+                raise ValueError(f"codes must have shape [rows <= {self.batch_size}, frames, {q}], "
                                  f"got {tuple(codes.shape)}")
             if not jnp.issubdtype(codes.dtype, jnp.integer):
                 raise ValueError(f"codes must be integers, got dtype {codes.dtype}")
             return codes.astype(jnp.int32)
         a = check_codes(codes, self.cfg, allow_padding=False)
-        if a.shape[0] != self.batch_size:
+        if not 0 < a.shape[0] <= self.batch_size:
             raise ValueError(f"codes have {a.shape[0]} rows, the decoder has {self.batch_size}")
         return jnp.asarray(a)
 
     def step(self, state: DecoderState, codes, n_valid=None) -> tuple[jax.Array, DecoderState]:
-        """Decode `codes [B, N, 16]`; `n_valid [B]` real frames per row (default all N).
+        """Decode `codes [b, N, 16]` into the first b rows (b <= B: the other rows are neither
+        computed nor changed); `n_valid [b]` real frames per row (default all N).
 
         `state` is donated: use the returned one.
         """
         codes = self._codes(codes)
+        b = codes.shape[0]
         if codes.shape[1] == 0:
-            return jnp.zeros((self.batch_size, 0), jnp.float32), state
-        return _step(self.graphdef, self.params, state, codes, self._n_valid(n_valid, codes.shape[1]))
+            return jnp.zeros((b, 0), jnp.float32), state
+        n_valid = self._n_valid(n_valid, codes.shape[1], b)
+        if b < self.batch_size:
+            return _step_leading(self.graphdef, self.params, state, codes, n_valid)
+        return _step(self.graphdef, self.params, state, codes, n_valid)
 
     def feed(self, codes, n_valid=None) -> jax.Array:
         """`step` on `self.state`; returns `pcm [B, N * 1920]` (row b valid up to n_valid[b])."""

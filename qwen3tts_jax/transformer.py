@@ -57,7 +57,8 @@ class Attention(nnx.Module):
             k = write_rows(past[0], k, write_index)  # [B, S, K, H]
             v = write_rows(past[1], v, write_index)
         span = mask.shape[-1]  # attend only to the slots the mask covers (static)
-        out = attend(q, k[:, :span].astype(q.dtype), v[:, :span].astype(q.dtype), mask, self.head_dim ** -0.5)
+        # The queries' rows: the cache may hold more (a step over its first, active rows).
+        out = attend(q, k[:b, :span].astype(q.dtype), v[:b, :span].astype(q.dtype), mask, self.head_dim ** -0.5)
         return self.o_proj(out.reshape(b, t, -1)), (k, v)
 
 

@@ -126,3 +126,61 @@ def test_unrolled_code_predictor_makes_the_same_frames(tts, voices, greedy):
         assert np.asarray(made).tolist() == [6, 6]
     assert len(np.unique(frames[False][:, :, 1:])) > 5   # real codebook 1..15 content, not zeros
     np.testing.assert_array_equal(frames[True], frames[False])
+
+
+def test_idle_slots_cost_nothing_one_busy_slot_runs_a_one_row_step(tts, voices):
+    """A 16-slot engine with one request computes one row: its other rows are never touched,
+    and its codes and PCM are exactly a 1-slot engine's."""
+    solo = tts.batch_engine(1)
+    wide = tts.batch_engine(16)
+    outs = {}
+    for name, engine in (("solo", solo), ("wide", wide)):
+        engine.admit(0 if name == "solo" else 11, _request(0, voices, 12))
+        codes, pcm = [], []
+        while engine.active_slots():
+            (o,) = engine.step().values()
+            codes.append(o.codes)
+            pcm.append(o.pcm)
+        outs[name] = np.concatenate(codes), np.concatenate(pcm)
+    np.testing.assert_array_equal(outs["wide"][0], outs["solo"][0])
+    assert outs["wide"][1].tobytes() == outs["solo"][1].tobytes()
+    assert np.asarray(wide.state.length)[1:].tolist() == [0] * 15  # rows 1..15 never computed
+
+
+def test_rows_stay_packed_through_releases_and_match_solo_runs(tts, voices):
+    """Requests join, end at different times and are cancelled in the middle of an 8-slot engine:
+    the last row moves into the freed one (its state and KV cache), every request's codes equal
+    its solo run, and after warm-up no new shape is compiled."""
+    lengths = {0: 14, 1: 5, 2: 20, 3: 9}
+    requests = {i: GenerationRequest(TEXTS[i % 3], voices[i % 2], "English", seed=i, greedy=True,
+                                     max_new_frames=n) for i, n in lengths.items()}
+    solo = {i: tts.generate_codes(r.text, r.voice, "English", greedy=True, max_new_frames=r.max_new_frames)
+            for i, r in requests.items()}
+    engine = tts.batch_engine(8, max_seq_len=512)
+    engine.warmup()
+    sizes = generation.generate_frames._cache_size(), generation.move_row._cache_size()
+    got = {i: [] for i in requests}
+    slot_of = {0: 6, 1: 2, 2: 0, 3: 5}
+    engine.admit(slot_of[0], requests[0])
+    engine.admit(slot_of[1], requests[1])
+    owner = {s: i for i, s in slot_of.items() if i in (0, 1)}
+    cancelled = GenerationRequest(TEXTS[1], voices[0], "English", seed=9, greedy=True, max_new_frames=50)
+    for step in range(60):
+        if step == 2:
+            engine.admit(slot_of[2], requests[2])
+            owner[slot_of[2]] = 2
+            engine.admit(7, cancelled)            # cancelled at step 4: a row in the middle
+        if step == 4:
+            engine.release(7)
+        if step == 6:
+            engine.admit(slot_of[3], requests[3])
+            owner[slot_of[3]] = 3
+        assert engine._rows == [s for s in engine._rows if s in engine.active_slots()]  # no holes
+        for slot, o in engine.step().items():
+            if slot in owner:
+                got[owner[slot]].append(o.codes)
+        if not engine.active_slots():
+            break
+    for i in requests:
+        np.testing.assert_array_equal(np.concatenate(got[i]), solo[i])
+    assert (generation.generate_frames._cache_size(), generation.move_row._cache_size()) == sizes
