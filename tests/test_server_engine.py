@@ -91,7 +91,9 @@ def test_real_engine_concurrent_sessions_and_voice(tmp_path, tts):
             outs = await asyncio.gather(*(one(i) for i in range(3)))
             for i, got in enumerate(outs):
                 want = await asyncio.to_thread(reference_stream, tts, voice, f"Session {i} speaking.", i, 5)
-                np.testing.assert_allclose(got, want, atol=1e-5)  # each session its own audio
+                # Each session its own audio. Within float noise, not bit for bit: a step computes as
+                # many rows as are active then, and XLA's CPU kernels sum in a row-count-dependent order.
+                np.testing.assert_allclose(got, want, atol=1e-4)
             async with Client.open(srv) as c:
                 await c.send(type="registerVoice", voiceId="tone", audio=wav_b64(seconds=2.0),
                              transcript="A tone.")

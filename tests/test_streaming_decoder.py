@@ -113,13 +113,32 @@ def test_streaming_bad_input():
         with pytest.raises(ValueError, match="out of range"):
             dec.feed(codes)
     with pytest.raises(ValueError, match="rows"):
-        dec.feed(good[:1])
+        dec.feed(np.concatenate([good, good[:1]]))  # more rows than streams
     with pytest.raises(ValueError, match="shape"):
         dec.feed(good[..., :4])
     with pytest.raises(ValueError, match="n_valid"):
         dec.feed(good, n_valid=np.array([3, 0]))
     with pytest.raises(ValueError, match="n_valid"):
         dec.feed(good, n_valid=np.array([1]))
+
+
+def test_feeding_the_first_rows_leaves_the_others_alone():
+    """An engine steps only its active (first) rows: `step` with b < B rows decodes those and
+    leaves the rest untouched, bit for bit what a b-row decoder makes."""
+    _, model, hf = pair("tiny", 0)
+    codes = random_codes(3, 3, 4, hf["codebook_size"])
+    wide = sd.StreamingDecoder(model, batch_size=3)
+    wide.feed(codes[:, :2])
+    before = jax.tree.map(np.asarray, wide.state)
+    narrow = sd.StreamingDecoder(model, batch_size=1)
+    narrow.feed(codes[:1, :2])
+    np.testing.assert_array_equal(np.asarray(wide.feed(codes[:1, 2:])), np.asarray(narrow.feed(codes[:1, 2:])))
+    after = jax.tree.map(np.asarray, wide.state)
+    for b, a in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+        np.testing.assert_array_equal(a[1:], b[1:])
+    moved = wide.move_row(wide.state, 0, 2)
+    for leaf in jax.tree.leaves(moved):
+        np.testing.assert_array_equal(np.asarray(leaf)[2], np.asarray(leaf)[0])
 
 
 def test_primed_row_continues_the_reference_codes():
