@@ -280,7 +280,8 @@ def _frame(spec: DecodeSpec, weights: Weights, state: RowState, attend_len: int 
     keys = jax.vmap(jax.random.fold_in)(state.key, state.step + 1)
     codes, frame_vec = _expand_frame(spec, weights, state, keys)
     idx = jnp.minimum(state.step, state.trailing.shape[1] - 1)
-    text = jnp.take_along_axis(state.trailing, idx[:, None, None], axis=1)[:, 0]
+    rows = jnp.arange(state.step.shape[0])
+    text = state.trailing[rows, idx]  # [b, H]: a gather, as the buffer may hold more rows (`_leading`)
     text = jnp.where((state.step < state.trailing_len)[:, None], text, weights.tts_pad.astype(text.dtype))
     x = (frame_vec + text)[:, None].astype(state.past_hidden.dtype)
     slot = jnp.where(state.active, state.length, 0)
@@ -326,20 +327,22 @@ def generate_frames(spec: DecodeSpec, weights: Weights, state: RowState, frames:
 
 
 def _leading(state: RowState, rows: int) -> RowState:
-    """The first `rows` rows of every per-row field; the KV cache stays whole (the talker writes
-    and reads just its first rows in place, `kv_cache.write_rows`)."""
+    """The first `rows` rows of every small per-row field. The two big buffers stay whole: the
+    KV cache (the talker writes and reads just its first rows in place, `kv_cache.write_rows`)
+    and the trailing text (gathered by row): slicing them in and back out would copy them."""
     if rows == state.length.shape[0]:
         return state
-    sub = jax.tree.map(lambda x: x[:rows], dataclasses.replace(state, cache=None))
-    return dataclasses.replace(sub, cache=state.cache)
+    sub = jax.tree.map(lambda x: x[:rows], dataclasses.replace(state, cache=None, trailing=None))
+    return dataclasses.replace(sub, cache=state.cache, trailing=state.trailing)
 
 
 def _put_leading(state: RowState, sub: RowState, rows: int) -> RowState:
     if rows == state.length.shape[0]:
         return sub
-    merged = jax.tree.map(lambda full, part: full.at[:rows].set(part), dataclasses.replace(state, cache=None),
-                          dataclasses.replace(sub, cache=None))
-    return dataclasses.replace(merged, cache=sub.cache)
+    merged = jax.tree.map(lambda full, part: full.at[:rows].set(part),
+                          dataclasses.replace(state, cache=None, trailing=None),
+                          dataclasses.replace(sub, cache=None, trailing=None))
+    return dataclasses.replace(merged, cache=sub.cache, trailing=state.trailing)
 
 
 @functools.partial(jax.jit, static_argnames=("span",), donate_argnames=("state",))
