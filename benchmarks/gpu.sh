@@ -7,7 +7,9 @@
 # Here, once: carry the wheels the device image lacks (soundfile, soxr, websockets and their
 # needs; flax/orbax as a fallback in .whl/fallback), see the device README:
 #   echo /.whl/ >> .git/info/exclude; pip download --no-deps ... -d .whl websockets soxr soundfile cffi pycparser
-# Then: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=600)
+# Then: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=600); the parts are
+# chosen with PARTS (default "gen gen17 memory load"; "profile" in a second call, as the
+# whole exceeds one call's 10 minutes).
 # Results land in $OUT (log, generation_gpu.json, memory.json, load.json). On an H100 it took about
 # 300 s for generation, 20 s for memory and 45 s for the load test (whose server warm-up compiles
 # every span: it missed a 150 s ready limit without the compilation cache, then took 40 s with it).
@@ -32,23 +34,42 @@ if ! python3 -c "import flax, sys; sys.exit(tuple(map(int, flax.__version__.spli
 fi
 python3 -c "import jax, flax, orbax.checkpoint as o; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
-timeout "${GEN_TIMEOUT:-300}" python3 benchmarks/generation.py --native --frames 32 --batch ${BATCHES:-1 16 4} \
-    --dtypes ${DTYPES:-bfloat16} --both-loops --long-batch --name generation_gpu
+has() { case " ${PARTS:-gen gen17 memory load} " in *" $1 "*) return 0;; esac; return 1; }
+
+if has gen; then
+timeout "${GEN_TIMEOUT:-300}" python3 benchmarks/generation.py --native --frames 32 --batch ${BATCHES:-1 16 64 4} \
+    --dtypes ${DTYPES:-bfloat16} --both-loops --long-batch --active-slots ${ACTIVE_SLOTS:-64} --name generation_gpu
 cp benchmarks/results/generation_gpu.json "$OUT/" 2>/dev/null
 echo "generation (0.6B-Base) done at +$(( $(date +%s) - start )) s"
+fi
 
 # The 1.7B (CustomVoice: the field's most benchmarked model), batch 1 and 16, in the same call.
+if has gen17; then
 timeout "${GEN17_TIMEOUT:-240}" python3 benchmarks/generation.py --native --model 1.7b-custom-voice --frames 32 \
-    --batch ${BATCHES17:-1 16} --dtypes ${DTYPES:-bfloat16} --name generation_gpu_1.7b_cv
+    --batch ${BATCHES17:-1 16 64} --dtypes ${DTYPES:-bfloat16} --name generation_gpu_1.7b_cv
 cp benchmarks/results/generation_gpu_1.7b_cv.json "$OUT/" 2>/dev/null
 echo "generation (1.7B-CustomVoice) done at +$(( $(date +%s) - start )) s"
+fi
 
 # The memory target in a fresh process: the generation run's peak includes building the checkpoint.
+if has memory; then
 timeout 150 python3 benchmarks/memory.py "$CKPT" --rows 16 --max-seq-len 2048 \
     | tee "$OUT/memory.json"
+fi
 
+if has load; then
 timeout "${LOAD_TIMEOUT:-320}" python3 benchmarks/load.py --spawn --model "$CKPT" \
     --dtype bfloat16 --batch-slots 16 --clients 16 --requests 2 --max-frames 100 --load-timeout 270 \
     --tag gpu-0.6b-bf16-16 --out "$OUT/load.json"
 cp benchmarks/results/load-server.log.tmp "$OUT/server.log" 2>/dev/null
+fi
+
+# Where the frame step's time goes (kernel count, kernel time, gaps) at batch 1 and 16, with
+# XLA's command buffers as the image has them and then off: PARTS=profile in a call of its own.
+if has profile; then
+timeout 200 python3 benchmarks/profile_step.py --native --batch 1 16 --out "$OUT/trace" --name profile_gpu
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout 200 python3 benchmarks/profile_step.py \
+    --native --batch 1 16 --out "$OUT/trace-no-cmdbuf" --name profile_gpu_no_cmdbuf
+cp benchmarks/results/profile_gpu*.json "$OUT/" 2>/dev/null
+fi
 echo "all done at +$(( $(date +%s) - start )) s"
