@@ -40,6 +40,11 @@ async def same_as_synthesize(c: Client, tts, language: str, **kw):
     return got
 
 
+async def voice_list(srv) -> list[dict]:
+    url = f"http://127.0.0.1:{srv.port}/api/v1/voices"
+    return json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(url).read()))["voices"]
+
+
 def test_custom_voice_server(tmp_path, models):
     tts = models["tiny-cv"]
 
@@ -50,8 +55,7 @@ def test_custom_voice_server(tmp_path, models):
                 assert caps["modelType"] == "custom_voice" and caps["speakers"] == tts.speakers
                 assert caps["instruct"] is True and caps["registerVoice"] is False
                 assert c.ready["voiceLoaded"] == tts.speakers[0]
-                url = f"http://127.0.0.1:{srv.port}/api/v1/voices"
-                voices = json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(url).read()))["voices"]
+                voices = await voice_list(srv)
                 assert [v["id"] for v in voices] == tts.speakers
                 eric = next(v for v in voices if v["id"] == "eric")
                 assert eric["dialect"] == "sichuan_dialect" and "English" in eric["languages"]
@@ -86,9 +90,7 @@ def test_voice_design_server(tmp_path, models):
             async with Client.open(srv) as c:
                 caps = c.ready["capabilities"]
                 assert caps["modelType"] == "voice_design" and caps["speakers"] == [] and caps["instruct"]
-                url = f"http://127.0.0.1:{srv.port}/api/v1/voices"
-                assert json.loads(await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())) == {
-                    "voices": []}
+                assert await voice_list(srv) == []
                 await c.start(encoding="pcm32f", language="English", instruct=INSTRUCT)
                 await same_as_synthesize(c, tts, "English", instruct=INSTRUCT)
                 await c.send(type="speak", text=TEXT, seed=3, maxFrames=8, instruct="A deep, slow voice.")
