@@ -154,7 +154,11 @@ class BatchEngine:
     def warmup(self) -> None:
         """Compile the frame step for every row count and attention span this engine can reach,
         and the row move for every span, so that a stream growing into a longer span, or a
-        batch growing or shrinking, never stalls the others on a compile. Needs no active slot."""
+        batch growing or shrinking, never stalls the others on a compile. Needs no active slot.
+
+        On XLA's CPU backend every compiled step holds hundreds of memory mappings (16 slots and
+        a 2048-frame cache: 25 steps, ~18,000 mappings), which count against the kernel's
+        `vm.max_map_count` (65530 by default); `jax.clear_caches()` releases them."""
         if self._slots:
             raise RuntimeError("warm up before admitting requests")
         for span in self._spans():

@@ -17,6 +17,19 @@ jax.config.update("jax_default_matmul_precision", "highest")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_executables():
+    """Drop every compiled executable after each test module. On XLA's CPU backend each one
+    holds hundreds of memory mappings (a 16-slot engine's warm-up: ~18,000), and a process
+    that passes `vm.max_map_count` (65530 by default) segfaults in its next compile; the whole
+    suite in one process compiles more than that."""
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()
+
+
 class Checkpoints:
     """`get(preset, seed)` -> (hf_dir, converted_dir), built on first use."""
 
