@@ -30,7 +30,6 @@ from .backend import Backend
 log = logging.getLogger("qwen3tts.server")
 
 _ids = itertools.count(1)
-WORKER_STACK_BYTES = 256 * 1024 * 1024  # reserved address space, committed only as used
 
 
 class Job:
@@ -64,13 +63,7 @@ class DeviceWorker:
         self._loop = loop
         self.num_slots = num_slots
         self._commands: queue.Queue = queue.Queue(maxsize=max_commands)
-        # XLA compiles on this thread (load, warm-up, new shapes); LLVM's code generation can
-        # recurse deeply, so give it the stack a main thread could grow to, not the default.
-        previous = threading.stack_size(WORKER_STACK_BYTES)
-        try:
-            self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        finally:
-            threading.stack_size(previous)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.backend: Backend | None = None
         self.state = "loading"  # loading -> ready -> stopped | failed
         self.error: str | None = None
