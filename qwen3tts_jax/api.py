@@ -50,10 +50,8 @@ class Qwen3TTS:
         # Sampling defaults and the frame limit, from generation_config.json (the reference
         # stops at max_new_tokens sampled tokens: 8192 released = 8191 frames).
         self.defaults = GenerationDefaults.from_dir(model.path)
-        self.generation_defaults = self.defaults.as_dict()
         self.default_max_new_frames = self.defaults.max_new_frames
-        self._parts: DecodeParts | None = None
-        self._packed_parts: DecodeParts | None = None
+        self._row_parts: generation.RowParts | None = None
         self._idle_engines: dict[tuple, BatchEngine] = {}
 
     # -- loading ----------------------------------------------------------------------------
@@ -262,27 +260,21 @@ class Qwen3TTS:
 
     # -- parts the engines decode with -------------------------------------------------------
 
-    def decode_parts(self, rows: int | None = None) -> DecodeParts:
-        """The frame step's spec and weights, built once and shared by every engine.
-
-        `rows`: the batch they serve. Where `generation.packing_pays(rows)` (a float32 model on
-        CPU, up to `generation.PACKED_MAX_ROWS` rows, kernel on), the bfloat16-exact matrices
-        are packed for the CPU kernel (`generation.pack_parts`, kept beside the float32 ones).
-        """
-        if self._parts is None:
-            self._parts = generation.make_parts(self.model.talker, self.model.code_predictor, self.config)
-        if rows is None or not generation.packing_pays(rows, self.dtype):
-            return self._parts
-        if self._packed_parts is None:
-            self._packed_parts = generation.pack_parts(self._parts)
-        return self._packed_parts
-
     def row_parts(self) -> generation.RowParts:
-        """The parts by rows computed per step, for engines (packed up to `PACKED_MAX_ROWS` rows
-        where `generation.packing_pays`)."""
-        plain = self.decode_parts()
-        packed = self.decode_parts(1)
-        return generation.RowParts(plain, packed if packed is not plain else None, generation.PACKED_MAX_ROWS)
+        """The frame step's spec and weights by rows computed per step, built once and shared by
+        every engine: where `generation.packing_pays` (a float32 model on CPU, kernel on), steps
+        of up to `generation.PACKED_MAX_ROWS` rows use the bfloat16-exact matrices packed for the
+        CPU kernel (`generation.pack_parts`, kept beside the float32 ones)."""
+        if self._row_parts is None:
+            plain = generation.make_parts(self.model.talker, self.model.code_predictor, self.config)
+            packed = generation.pack_parts(plain) if generation.packing_pays(self.dtype) else None
+            self._row_parts = generation.RowParts(plain, packed, generation.PACKED_MAX_ROWS)
+        return self._row_parts
+
+    def decode_parts(self, rows: int | None = None) -> DecodeParts:
+        """The parts a step over `rows` rows decodes with (None: the float32 ones)."""
+        parts = self.row_parts()
+        return parts.plain if rows is None else parts.for_rows(rows)
 
 
 def check_ids_of(folder: Path) -> None:

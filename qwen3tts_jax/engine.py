@@ -165,13 +165,14 @@ class BatchEngine:
             for rows in self._row_counts():
                 parts = self.parts.for_rows(rows)
                 self.state, _ = generation.generate_frames(parts.spec, parts.weights, self.state, 1, span, rows)
-                if self.decoder is not None:
-                    codes = np.zeros((rows, 1, self.spec.groups), np.int32)
-                    _, self.decoder.state = self.decoder.step(self.decoder.state, codes, np.zeros(rows, np.int32))
             if self.num_slots > 1:
                 self.state = generation.move_row(self.state, np.int32(1), np.int32(0), span)
-        if self.decoder is not None and self.num_slots > 1:
-            self.decoder.state = self.decoder.move_row(self.decoder.state, 1, 0)
+        if self.decoder is not None:  # its step depends on the row count only, not the span
+            for rows in self._row_counts():
+                codes = np.zeros((rows, 1, self.spec.groups), np.int32)
+                _, self.decoder.state = self.decoder.step(self.decoder.state, codes, np.zeros(rows, np.int32))
+            if self.num_slots > 1:
+                self.decoder.state = self.decoder.move_row(self.decoder.state, 1, 0)
 
     def release(self, slot: int) -> None:
         """Free `slot` now; whatever it was generating is dropped."""

@@ -37,7 +37,7 @@ from qwen3tts_jax.sampling import SamplingParams, draw, talker_logits_processors
 CONTROL_RANGE = 1024
 # The reference blocks EOS until this many c0 tokens exist (`min_new_tokens=2` in generate).
 MIN_NEW_TOKENS = 2
-# Engines of up to this many rows decode with packed bfloat16 weights on CPU (`packing_pays`).
+# Steps of up to this many rows decode with packed bfloat16 weights on CPU (`RowParts`).
 PACKED_MAX_ROWS = 4
 
 
@@ -137,13 +137,12 @@ def make_parts(talker, predictor, config: Qwen3TTSConfig) -> DecodeParts:
     return DecodeParts(spec, Weights(t_state, p_state, heads, embeddings, tts_pad))
 
 
-def packing_pays(rows: int, dtype) -> bool:
-    """Whether an engine of `rows` should decode with `pack_parts`: a float32 model on the CPU
-    backend with the kernel on, and few rows. At batch 1 a frame step then reads half the
-    bytes (~1.6x faster on a 2-core CPU); from ~8 rows XLA's float32 matmul wins
-    (BENCHMARKS.md)."""
-    return (rows <= PACKED_MAX_ROWS and jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu"
-            and kernels.available())
+def packing_pays(dtype) -> bool:
+    """Whether steps of few rows should decode with `pack_parts`: a float32 model on the CPU
+    backend with the kernel on. At batch 1 a frame step then reads half the bytes (~1.6x faster
+    on a 2-core CPU); from ~8 rows XLA's float32 matmul wins (BENCHMARKS.md), hence
+    `PACKED_MAX_ROWS`."""
+    return jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu" and kernels.available()
 
 
 def pack_parts(parts: DecodeParts) -> DecodeParts:
