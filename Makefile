@@ -18,7 +18,10 @@ $(VENV)/.runtime: pyproject.toml
 # qwen-tts and torchaudio come last with --no-deps: their declared requirements would pull
 # gradio and a CUDA torch. torchaudio's compiled extensions need CUDA libraries; removing
 # them leaves its pure-Python parts, which is all the reference's 12 Hz path imports.
+# The browser test drives Debian's chromium (no other browser can be downloaded here).
 $(VENV)/.test: $(VENV)/.runtime
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[test]'
 	$(PIP) --no-deps qwen-tts==0.1.1 torchaudio==2.11.0

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .app import TTSServer
-from .config import ServerConfig
+from .config import DEFAULT_HTTP_PORT, ServerConfig
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,6 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port, help="0 picks a free port")
+    p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                   help="the OpenAI-compatible HTTP API (POST /v1/audio/speech, ...); 0 picks a free port")
+    p.add_argument("--no-http", action="store_true", help="serve only the WebSocket protocol")
+    p.add_argument("--public-listings", action="store_true",
+                   help="GET /v1/audio/voices and /v1/models without the auth token (Open WebUI lists without it)")
+    p.add_argument("--wyoming-port", type=int, default=None,
+                   help="also serve Home Assistant's Wyoming TTS protocol on this TCP port (conventionally 10200; "
+                        "off by default)")
     p.add_argument("--voices-dir", type=Path, default=d.voices_dir)
     p.add_argument("--auth-token-env", default=None, metavar="NAME",
                    help="name of the environment variable holding the auth token")
@@ -101,7 +109,8 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
                         max_text_chars=a.max_text_chars, max_queued_per_session=a.max_queued,
                         request_timeout_s=a.request_timeout, max_message_bytes=a.max_message_bytes,
                         max_send_buffer_bytes=a.max_send_buffer, shutdown_grace_s=a.shutdown_grace,
-                        warmup=not a.no_warmup)
+                        warmup=not a.no_warmup, http_port=None if a.no_http else a.http_port,
+                        public_listings=a.public_listings, wyoming_port=a.wyoming_port)
 
 
 async def serve_forever(server: TTSServer) -> int:

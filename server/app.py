@@ -25,6 +25,10 @@ from qwen3tts_jax.config import LANGUAGES_12HZ
 from . import protocol as P
 from .backend import DEMO_WARNING, Backend, display_languages
 from .config import ServerConfig
+from .demo_page import page_response
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import ServerMetrics
+from .openai_api import OpenAIApi
 from .session import Session
 from .voices import VoiceStore
 from .worker import DeviceWorker, Job, WorkerStopped
@@ -44,6 +48,14 @@ class TTSServer:
         self.shutting_down = False
         self.started_at = time.time()
         self._warm = None
+        self.http: OpenAIApi | None = None
+        self.metrics = ServerMetrics()
+        self.metrics.read_gauges(
+            active_slots=lambda: self.worker.active if self.worker else 0,
+            queued_requests=lambda: self.worker.pending if self.worker else 0,
+            batch_slots=lambda: cfg.batch_slots,
+            sessions=lambda: len(self.sessions),
+            model_ready=lambda: float(self.backend is not None and not self.shutting_down))
 
     # -- properties used by sessions ---------------------------------------------------------
     @property
@@ -139,7 +151,7 @@ class TTSServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.worker = DeviceWorker(self._load_and_warm, loop, self.cfg.batch_slots,
-                                   max_commands=4 * self.cfg.max_sessions + 64)
+                                   max_commands=4 * self.cfg.max_sessions + 64, on_step=self.metrics.step)
         self.worker.start()
         self._server = await serve(
             self._handle, self.cfg.host, self.cfg.port,
@@ -156,6 +168,9 @@ class TTSServer:
         log.info(json.dumps({"event": "listening", "host": self.cfg.host, "port": self.port,
                              "url": f"ws://{self.cfg.host}:{self.port}{P.SPEAK_PATH}",
                              "auth": self.cfg.auth_token is not None}))
+        if self.cfg.http_port is not None:
+            self.http = OpenAIApi(self, public_listings=self.cfg.public_listings)
+            await self.http.start(self.cfg.host, self.cfg.http_port)
         loop.create_task(self._after_load())
 
     def _load_and_warm(self) -> Backend:
@@ -201,9 +216,9 @@ class TTSServer:
         if self._server is not None:
             self._server.close(close_connections=False)
         sessions = list(self.sessions.values())
-        if sessions:
-            await asyncio.gather(*(s.shutdown(self.cfg.shutdown_grace_s) for s in sessions),
-                                 return_exceptions=True)
+        # WebSocket sessions and HTTP streams drain side by side, each within the grace period.
+        await asyncio.gather(*(s.shutdown(self.cfg.shutdown_grace_s) for s in sessions),
+                             *([self.http.stop()] if self.http else []), return_exceptions=True)
         if self._server is not None:
             self._server.close(close_connections=True)
             try:
@@ -231,11 +246,18 @@ class TTSServer:
         if path == P.HEALTH_PATH:
             return self._json(HTTPStatus.OK if self.backend and not self.shutting_down
                               else HTTPStatus.SERVICE_UNAVAILABLE, self.health())
+        if path == P.METRICS_PATH:
+            data = self.metrics.exposition()
+            return Response(200, "OK", Headers([("Content-Type", METRICS_CONTENT_TYPE),
+                                                ("Content-Length", str(len(data))), ("Connection", "close")]), data)
         if path == P.VOICES_PATH:
             if not self.check_token(_bearer(request.headers)):
                 return self._json(HTTPStatus.UNAUTHORIZED,
                                   {"error": "UNAUTHORIZED", "message": "send Authorization: Bearer <token>"})
             return self._json(HTTPStatus.OK, {"voices": self.voice_list()})
+        page = page_response(path)  # the browser page at /
+        if page is not None:
+            return page
         return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
     def health(self) -> dict:

@@ -28,3 +28,9 @@ class ServerConfig:
     shutdown_grace_s: float = 10.0
     default_seed: int = 0
     warmup: bool = True
+    http_port: int | None = None  # the OpenAI-compatible HTTP API (None: off; 0: a free port); CLI default 8000
+    public_listings: bool = False  # GET /v1/audio/voices and /v1/models without the token (Open WebUI)
+    wyoming_port: int | None = None  # Home Assistant's Wyoming TTS (None: off)
+
+
+DEFAULT_HTTP_PORT = 8000  # vLLM's, Speaches', faster-qwen3-tts's

@@ -19,6 +19,7 @@ import numpy as np
 SPEAK_PATH = "/api/v1/speak"
 VOICES_PATH = "/api/v1/voices"
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 
 ENGINE_SAMPLE_RATE = 24000
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
@@ -135,7 +136,7 @@ _SAMPLING_FIELDS = {  # wire name -> (attr, type, check)
 }
 
 
-def _get(msg: dict, key: str, typ: type | tuple, required: bool = False) -> Any:
+def get_field(msg: dict, key: str, typ: type | tuple, required: bool = False) -> Any:
     if key not in msg or msg[key] is None:
         if required:
             raise ProtocolError("BAD_REQUEST", f"missing field {key!r}")
@@ -156,7 +157,7 @@ def _get(msg: dict, key: str, typ: type | tuple, required: bool = False) -> Any:
 
 
 # Fields whose content the tokenizer reads: bad content there is INVALID_TEXT.
-TEXT_FIELDS = ("text", "transcript", "instruct")
+TEXT_FIELDS = ("text", "transcript", "instruct", "input", "instructions")  # HTTP: input, instructions
 
 
 def _choice(msg: dict, key: str, choices: tuple) -> Any:
@@ -168,10 +169,10 @@ def _choice(msg: dict, key: str, choices: tuple) -> Any:
     return value
 
 
-def _sampling(msg: dict) -> Sampling:
+def parse_sampling(msg: dict) -> Sampling:
     vals = {}
     for wire, (attr, typ, check) in _SAMPLING_FIELDS.items():
-        v = _get(msg, wire, typ)
+        v = get_field(msg, wire, typ)
         if v is None:
             continue
         if not check(v):
@@ -211,38 +212,38 @@ def parse_client_message(raw: str | bytes, max_bytes: int, max_voice_bytes: int)
     if kind != "registerVoice" and size > max_bytes:
         raise ProtocolError("BAD_REQUEST", f"message too large ({size} > {max_bytes} bytes)")
     if kind == "speak":
-        rid = _get(msg, "requestId", str)
+        rid = get_field(msg, "requestId", str)
         try:
-            text = _get(msg, "text", str, required=True)
+            text = get_field(msg, "text", str, required=True)
             priority = _choice(msg, "priority", PRIORITIES) or "normal"
-            sampling = _sampling(msg)
-            instruct = _get(msg, "instruct", str)
+            sampling = parse_sampling(msg)
+            instruct = get_field(msg, "instruct", str)
         except ProtocolError as exc:
             exc.request_id = rid
             raise
         return Speak(text=text, priority=priority, request_id=rid, sampling=sampling, instruct=instruct)
     if kind == "start":
-        rate = _get(msg, "sampleRate", int)
+        rate = get_field(msg, "sampleRate", int)
         if rate is not None and rate not in SAMPLE_RATES:
             raise ProtocolError("BAD_REQUEST", f"sampleRate must be one of {list(SAMPLE_RATES)}")
         return Start(
             sample_rate=rate,
             encoding=_choice(msg, "encoding", ENCODINGS),
-            voice=_get(msg, "voice", str),
-            language=_get(msg, "language", str),
-            auth_token=_get(msg, "authToken", str),
-            contract_id=_get(msg, "contractId", (str, int)),
+            voice=get_field(msg, "voice", str),
+            language=get_field(msg, "language", str),
+            auth_token=get_field(msg, "authToken", str),
+            contract_id=get_field(msg, "contractId", (str, int)),
             transport=_choice(msg, "transport", TRANSPORTS),
-            sampling=_sampling(msg),
-            instruct=_get(msg, "instruct", str),
+            sampling=parse_sampling(msg),
+            instruct=get_field(msg, "instruct", str),
         )
     if kind == "cancel":
         return Cancel()
     if kind == "stop":
-        return Stop(reason=_get(msg, "reason", str))
+        return Stop(reason=get_field(msg, "reason", str))
     if kind == "registerVoice":
-        voice_id = _get(msg, "voiceId", str, required=True)
-        b64 = _get(msg, "audio", str, required=True)
+        voice_id = get_field(msg, "voiceId", str, required=True)
+        b64 = get_field(msg, "audio", str, required=True)
         try:
             audio = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):
@@ -252,11 +253,11 @@ def parse_client_message(raw: str | bytes, max_bytes: int, max_voice_bytes: int)
         return RegisterVoice(
             voice_id=voice_id,
             audio=audio,
-            transcript=_get(msg, "transcript", str),
-            language=_get(msg, "language", str),
-            name=_get(msg, "name", str),
-            description=_get(msg, "description", str),
-            overwrite=bool(_get(msg, "overwrite", bool)),
+            transcript=get_field(msg, "transcript", str),
+            language=get_field(msg, "language", str),
+            name=get_field(msg, "name", str),
+            description=get_field(msg, "description", str),
+            overwrite=bool(get_field(msg, "overwrite", bool)),
         )
     raise ProtocolError("BAD_REQUEST", f"unknown message type {kind!r}")
 

@@ -13,46 +13,21 @@ import asyncio
 import base64
 import json
 import logging
-import queue
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from . import protocol as P
-from .backend import Backend
-from .config import ServerConfig
 from .resample import StreamResampler
-from .voices import Voice, VoiceStore, canonical_language
-from .worker import Job, WorkerStopped
+from .speech import ServerView, Utterance, build_request, check_instruct, check_text, submit
+from .voices import canonical_language
+from .worker import Job
 
 log = logging.getLogger("qwen3tts.server")
-
-
-class ServerView(Protocol):
-    """All a session uses of its server (`app.TTSServer` is one): settings, voices, the model's
-    backend once loaded, and the device worker's queue through `submit` / `cancel`."""
-
-    cfg: ServerConfig
-    voices: VoiceStore
-    shutting_down: bool
-
-    @property
-    def backend(self) -> Backend | None: ...
-    @property
-    def languages(self) -> list[str]: ...
-    def capabilities(self) -> dict: ...
-    def check_token(self, presented: str | None) -> bool: ...
-    def unavailable(self) -> tuple[str, str] | None: ...
-    def default_voice(self) -> str | None: ...
-    def check_voice(self, voice_id: Any) -> str: ...
-    async def speaking_voice(self, voice_id: str | None) -> tuple[Any, str | None]: ...
-    async def register_voice(self, msg: P.RegisterVoice) -> Voice: ...
-    def submit(self, job: Job) -> None: ...
-    def cancel(self, job: Job) -> None: ...
 
 
 @dataclass
@@ -144,6 +119,7 @@ class Session:
 
     def send_error(self, code: str, message: str, request_id: str | None = None) -> None:
         self.n_errors += 1
+        self.server.metrics.error("ws", code)
         self._log("error", code=code, message=message[:200], requestId=request_id)
         self.send(P.error_message(code, message, request_id))
 
@@ -255,7 +231,7 @@ class Session:
         if msg.voice is not None:
             voice, chosen = self.server.check_voice(msg.voice), True  # VOICE_NOT_FOUND
         if msg.instruct is not None:
-            self._check_instruct(msg.instruct)
+            check_instruct(self.server, msg.instruct)
         language = s.language
         if msg.language is not None:
             language = canonical_language(msg.language, self.server.languages)
@@ -292,19 +268,9 @@ class Session:
 
     def _on_speak(self, msg: P.Speak) -> None:
         rid = msg.request_id
-        if self.server.shutting_down:
-            raise P.ProtocolError("RATE_LIMITED", "server is shutting down", rid)
-        text = msg.text.strip()
-        if not text:
-            raise P.ProtocolError("INVALID_TEXT", "text is empty", rid)
-        if len(msg.text) > self.cfg.max_text_chars:
-            raise P.ProtocolError("INVALID_TEXT", f"text longer than {self.cfg.max_text_chars} "
-                                  "characters", rid)
+        check_text(self.server, msg.text, rid)
         if msg.instruct is not None:
-            self._check_instruct(msg.instruct, rid)
-        down = self.server.unavailable()
-        if down is not None:
-            raise P.ProtocolError(*down, rid)
+            check_instruct(self.server, msg.instruct, rid)
         busy = self.current is not None
         if busy and len(self.waiting) >= self.cfg.max_queued_per_session:
             raise P.ProtocolError("RATE_LIMITED", f"more than {self.cfg.max_queued_per_session} "
@@ -317,14 +283,6 @@ class Session:
         else:
             self.waiting.append((msg, now))
         self._next()
-
-    def _check_instruct(self, instruct: str, rid: str | None = None) -> None:
-        if len(instruct) > self.cfg.max_text_chars:
-            raise P.ProtocolError("INVALID_TEXT", f"instruct longer than {self.cfg.max_text_chars} characters", rid)
-        b = self.server.backend
-        if instruct and b is not None and b.model_type == "base":
-            raise P.ProtocolError("BAD_REQUEST", "instruct is for CustomVoice (1.7B) and VoiceDesign models; this "
-                                  "Base model clones the session's voice", rid)
 
     def _next(self) -> None:
         if self.current is not None or self.closing:
@@ -342,42 +300,19 @@ class Session:
     async def _launch(self, run: Running) -> None:
         """Resolve the voice prompt, build the request, hand it to the device worker."""
         s, speak, rid = run.settings, run.speak, run.speak.request_id
-        server = self.server
+        utt = Utterance(speak.text, s.voice if s.voice_chosen else None, s.language,
+                        s.sampling.merged(speak.sampling), speak.instruct if speak.instruct is not None
+                        else s.instruct, speak.priority)
         try:
-            language = canonical_language(s.language, server.languages)
-            prompt, speaker = await server.speaking_voice(s.voice if s.voice_chosen else server.default_voice())
+            request, engine_rate = await build_request(self.server, utt, rid)
+            if run is not self.current or run.finished:
+                return  # cancelled while the prompt was loading
+            run.resampler = StreamResampler(engine_rate, s.sample_rate)
+            run.job = Job(request, speak.priority, lambda kind, payload: self._on_event(run, kind, payload),
+                          label=f"{self.sid}/{rid or self.n_requests}")
+            submit(self.server, run.job, rid)
         except P.ProtocolError as exc:
             return self._fail(run, exc.code, exc.message)
-        except WorkerStopped:
-            return self._fail(run, "SYNTHESIS_ERROR", "server is shutting down")
-        except queue.Full:
-            return self._fail(run, "RATE_LIMITED", "the device queue is full; retry shortly")
-        except Exception as exc:  # noqa: BLE001
-            return self._fail(run, "SYNTHESIS_ERROR", f"voice prompt failed: {type(exc).__name__}: {exc}")
-        if run is not self.current or run.finished:
-            return  # cancelled while the prompt was loading
-        backend = server.backend
-        if backend is None:
-            return self._fail(run, *(server.unavailable() or ("SYNTHESIS_ERROR", "the model is gone")))
-        samp = s.sampling.merged(speak.sampling)
-        try:
-            request = backend.make_request(
-                speak.text, prompt, language, seed=samp.seed if samp.seed is not None else self.cfg.default_seed,
-                max_new_frames=samp.max_frames, max_audio_seconds=self.cfg.max_audio_seconds, speaker=speaker,
-                instruct=speak.instruct if speak.instruct is not None else s.instruct,
-                **{attr: getattr(samp, attr) for attr in ("greedy", "temperature", "top_k", "top_p",
-                                                           "repetition_penalty")})
-        except (TypeError, ValueError) as exc:
-            return self._fail(run, "BAD_REQUEST", str(exc))
-        run.resampler = StreamResampler(backend.sample_rate, s.sample_rate)
-        run.job = Job(request, speak.priority, lambda kind, payload: self._on_event(run, kind, payload),
-                      label=f"{self.sid}/{rid or self.n_requests}")
-        try:
-            server.submit(run.job)
-        except queue.Full:
-            return self._fail(run, "RATE_LIMITED", "the device queue is full; retry shortly")
-        except WorkerStopped:
-            return self._fail(run, "SYNTHESIS_ERROR", "server is shutting down")
         run.timer = asyncio.get_running_loop().call_later(self.cfg.request_timeout_s, self._on_timeout, run)
         self._log("speak", requestId=rid, chars=len(speak.text), priority=speak.priority,
                   voice=s.voice, language=s.language, sampleRate=s.sample_rate)
@@ -402,6 +337,7 @@ class Session:
         now = time.monotonic()
         if run.first_audio_at is None and len(samples):
             run.first_audio_at = now
+            self.server.metrics.first_audio("ws", now - run.received_at)
             self._log("first_audio", requestId=run.speak.request_id,
                       ms=round((now - run.received_at) * 1000, 1))
         run.last_audio_at = now
@@ -416,8 +352,10 @@ class Session:
         else:
             self.send(data)
 
-    def _finish(self, run: Running) -> None:
+    def _finish(self, run: Running, outcome: str) -> None:
         run.finished = True
+        self.server.metrics.request_done("ws", outcome)
+        self.server.metrics.audio("ws", run.samples_sent / run.settings.sample_rate)
         if run.timer:
             run.timer.cancel()
         if run.job is not None:
@@ -438,7 +376,7 @@ class Session:
         return out
 
     def _complete(self, run: Running, cancelled: bool) -> None:
-        self._finish(run)
+        self._finish(run, "cancelled" if cancelled else "complete")
         msg = {"type": "complete", **self._summary(run)}
         if cancelled:
             msg["cancelled"] = True
@@ -451,7 +389,7 @@ class Session:
     def _fail(self, run: Running, code: str, message: str) -> None:
         if run.finished:
             return
-        self._finish(run)
+        self._finish(run, code)
         self.send_error(code, message, run.speak.request_id)
         self._next()
 
@@ -495,7 +433,7 @@ class Session:
         self.waiting.clear()
         run = self.current
         if run is not None and not run.finished:
-            self._finish(run)
+            self._finish(run, "disconnected")
         self.idle.set()
 
     def _on_register(self, msg: P.RegisterVoice) -> None:

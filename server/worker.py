@@ -58,8 +58,10 @@ class WorkerStopped(RuntimeError):
 
 class DeviceWorker:
     def __init__(self, loader: Callable[[], Backend], loop: asyncio.AbstractEventLoop,
-                 num_slots: int, max_commands: int = 1024, name: str = "device-worker"):
+                 num_slots: int, max_commands: int = 1024, name: str = "device-worker",
+                 on_step: Callable[[float], None] | None = None):
         self._loader = loader
+        self._on_step = on_step  # step seconds, for the metrics (called on this thread)
         self._loop = loop
         self.num_slots = num_slots
         self._commands: queue.Queue = queue.Queue(maxsize=max_commands)
@@ -272,8 +274,11 @@ class DeviceWorker:
                     self._emit(job, "error", ("SYNTHESIS_ERROR", f"{type(exc).__name__}: {exc}"))
                     release(slot)
                 continue
-            self.step_seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            self.step_seconds += seconds
             self.steps += 1
+            if self._on_step is not None:
+                self._on_step(seconds)
             for slot, out in outputs.items():
                 job = active.get(slot)
                 if job is None:

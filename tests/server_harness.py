@@ -36,6 +36,7 @@ def fake_loader(fake: FakeTTS, slots: int):
 async def running_server(tmp_path: Path, fake: FakeTTS | None = None, loader=None, **overrides):
     fake = fake or FakeTTS(step_delay=0.002)
     slots = overrides.pop("batch_slots", 4)
+    overrides.setdefault("http_port", 0)  # the OpenAI-compatible API on a free port too
     cfg = ServerConfig(host="127.0.0.1", port=0, voices_dir=Path(tmp_path) / "voices",
                        batch_slots=slots, **overrides)
     srv = TTSServer(cfg, loader or fake_loader(fake, slots), model_name="fake")
@@ -50,6 +51,11 @@ async def running_server(tmp_path: Path, fake: FakeTTS | None = None, loader=Non
 
 def url(srv: TTSServer) -> str:
     return f"ws://127.0.0.1:{srv.port}{P.SPEAK_PATH}"
+
+
+def http_url(srv: TTSServer) -> str:
+    """The OpenAI-compatible API's base URL (what clients take as `base_url`)."""
+    return f"http://127.0.0.1:{srv.http.port}/v1"
 
 
 class Client:
@@ -115,5 +121,10 @@ def prompt_of(srv: TTSServer, voice_id: str = "default") -> FakeVoicePrompt:
 
 def expected_pcm(srv: TTSServer, text: str, voice_id: str = "default", encoding: str = "pcm32f",
                  **kw) -> bytes:
+    """What the server sends for `text`: the fake's audio under the server's frame budget
+    (unless `max_new_frames` is given)."""
+    if "max_new_frames" not in kw:
+        kw["max_new_frames"] = srv.backend.make_request(
+            text, None, "auto", seed=0, max_new_frames=None, max_audio_seconds=srv.cfg.max_audio_seconds).max_new_frames
     wav, _ = srv.fake.synthesize(text, voice=prompt_of(srv, voice_id), **kw)
     return P.encode_pcm(np.asarray(wav), encoding)

@@ -1,0 +1,195 @@
+"""One utterance, from checked text to PCM chunks: what every front end shares.
+
+WebSocket sessions (server/session.py), the OpenAI-compatible HTTP API (server/openai_api.py)
+and the Wyoming server (server/wyoming.py) check text and instructions by the same rules,
+resolve voices the same way and hand the device worker the same `GenerationRequest`, so a
+text, voice and seed give the same samples whichever door they came through. Every refusal is
+a `ProtocolError` carrying one of the protocol's error codes; each front end maps the codes to
+its own wire (a WebSocket `error`, an HTTP status, a Wyoming `error` event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import protocol as P
+from .backend import Backend
+from .config import ServerConfig
+from .metrics import ServerMetrics
+from .voices import Voice, VoiceStore, canonical_language
+from .worker import Job, WorkerStopped
+
+
+class ServerView(Protocol):
+    """All a front end uses of its server (`app.TTSServer` is one): settings, voices, metrics,
+    the model's backend once loaded, and the device worker's queue through `submit` / `cancel`."""
+
+    cfg: ServerConfig
+    voices: VoiceStore
+    metrics: ServerMetrics
+    shutting_down: bool
+    started_at: float  # time.time() at start
+
+    @property
+    def backend(self) -> Backend | None: ...
+    @property
+    def languages(self) -> list[str]: ...
+    def capabilities(self) -> dict: ...
+    def health(self) -> dict: ...
+    def check_token(self, presented: str | None) -> bool: ...
+    def unavailable(self) -> tuple[str, str] | None: ...
+    def default_voice(self) -> str | None: ...
+    def check_voice(self, voice_id: Any) -> str: ...
+    def voice_list(self) -> list[dict]: ...
+    async def speaking_voice(self, voice_id: str | None) -> tuple[Any, str | None]: ...
+    async def register_voice(self, msg: P.RegisterVoice) -> Voice: ...
+    def submit(self, job: Job) -> None: ...
+    def cancel(self, job: Job) -> None: ...
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """What to say and how: the front ends' common request."""
+
+    text: str
+    voice: str | None = None  # None: the server's default voice (or none, for VoiceDesign)
+    language: str = "English"
+    sampling: P.Sampling = field(default_factory=P.Sampling)
+    instruct: str | None = None
+    priority: str = "normal"
+
+
+def check_text(server: ServerView, text: str, request_id: str | None = None) -> None:
+    """INVALID_TEXT for empty or over-long text, RATE_LIMITED while shutting down, and the
+    loading / failed-model code while the model cannot take requests."""
+    if server.shutting_down:
+        raise P.ProtocolError("RATE_LIMITED", "server is shutting down", request_id)
+    if not text.strip():
+        raise P.ProtocolError("INVALID_TEXT", "text is empty", request_id)
+    limit = server.cfg.max_text_chars
+    if len(text) > limit:
+        raise P.ProtocolError("INVALID_TEXT", f"text longer than {limit} characters", request_id)
+    down = server.unavailable()
+    if down is not None:
+        raise P.ProtocolError(*down, request_id)
+
+
+def check_instruct(server: ServerView, instruct: str, request_id: str | None = None) -> None:
+    """An instruct is bounded like text, and a Base model takes none (it clones a voice)."""
+    if len(instruct) > server.cfg.max_text_chars:
+        raise P.ProtocolError("INVALID_TEXT", f"instruct longer than {server.cfg.max_text_chars} characters",
+                              request_id)
+    b = server.backend
+    if instruct and b is not None and b.model_type == "base":
+        raise P.ProtocolError("BAD_REQUEST", "instruct is for CustomVoice (1.7B) and VoiceDesign models; this "
+                              "Base model clones the voice it is given", request_id)
+
+
+async def build_request(server: ServerView, utt: Utterance, request_id: str | None = None):
+    """The engine request for `utt` with the server's defaults: (GenerationRequest, its sample
+    rate). Resolving a Base voice may compute its prompt on the worker (cached after)."""
+    try:
+        language = canonical_language(utt.language, server.languages)
+        prompt, speaker = await server.speaking_voice(utt.voice if utt.voice is not None
+                                                      else server.default_voice())
+    except P.ProtocolError as exc:
+        exc.request_id = request_id
+        raise
+    except WorkerStopped:
+        raise P.ProtocolError("SYNTHESIS_ERROR", "server is shutting down", request_id) from None
+    except queue.Full:
+        raise P.ProtocolError("RATE_LIMITED", "the device queue is full; retry shortly", request_id) from None
+    except Exception as exc:  # noqa: BLE001 - a bad voice file must not look like a server crash
+        raise P.ProtocolError("SYNTHESIS_ERROR", f"voice prompt failed: {type(exc).__name__}: {exc}",
+                              request_id) from None
+    backend = server.backend
+    if backend is None:
+        raise P.ProtocolError(*(server.unavailable() or ("SYNTHESIS_ERROR", "the model is gone")), request_id)
+    s = utt.sampling
+    try:
+        request = backend.make_request(
+            utt.text, prompt, language, seed=s.seed if s.seed is not None else server.cfg.default_seed,
+            max_new_frames=s.max_frames, max_audio_seconds=server.cfg.max_audio_seconds, speaker=speaker,
+            instruct=utt.instruct,
+            **{attr: getattr(s, attr) for attr in ("greedy", "temperature", "top_k", "top_p", "repetition_penalty")})
+    except (TypeError, ValueError) as exc:
+        raise P.ProtocolError("BAD_REQUEST", str(exc), request_id) from None
+    return request, backend.sample_rate
+
+
+def submit(server: ServerView, job: Job, request_id: str | None = None) -> None:
+    """Queue `job` on the device worker, its refusals as protocol errors."""
+    try:
+        server.submit(job)
+    except queue.Full:
+        raise P.ProtocolError("RATE_LIMITED", "the device queue is full; retry shortly", request_id) from None
+    except WorkerStopped:
+        raise P.ProtocolError("SYNTHESIS_ERROR", "server is shutting down", request_id) from None
+
+
+@dataclass
+class Spoken:
+    """How one streamed utterance went (filled in while it streams)."""
+
+    sample_rate: int = 0
+    samples: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    first_audio_s: float | None = None
+
+
+@contextlib.asynccontextmanager
+async def speech(server: ServerView, utt: Utterance, interface: str, label: str = "",
+                 request_id: str | None = None) -> AsyncIterator[tuple[AsyncIterator[np.ndarray], Spoken]]:
+    """`async with speech(...) as (chunks, spoken)`: float32 PCM chunks at `spoken.sample_rate`
+    as the device makes them. Leaving the block early (a client gone, a cancelled task) frees
+    the device slot before the worker's next step. Errors, before or during the stream, are
+    ProtocolErrors; every outcome is counted in the server's metrics under `interface`."""
+    check_text(server, utt.text, request_id)
+    if utt.instruct is not None:
+        check_instruct(server, utt.instruct, request_id)
+    spoken = Spoken()
+    events: asyncio.Queue = asyncio.Queue()
+    job: Job | None = None
+    outcome = "cancelled"
+    try:
+        request, spoken.sample_rate = await build_request(server, utt, request_id)
+        job = Job(request, utt.priority, lambda kind, payload: events.put_nowait((kind, payload)), label=label)
+        submit(server, job, request_id)
+        deadline = time.monotonic() + server.cfg.request_timeout_s
+
+        async def chunks() -> AsyncIterator[np.ndarray]:
+            nonlocal outcome
+            while True:
+                try:
+                    kind, payload = await asyncio.wait_for(events.get(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise P.ProtocolError("TIMEOUT", f"request ran past {server.cfg.request_timeout_s:g} s",
+                                          request_id) from None
+                if kind == "audio":
+                    if spoken.first_audio_s is None:
+                        spoken.first_audio_s = time.monotonic() - spoken.started_at
+                        server.metrics.first_audio(interface, spoken.first_audio_s)
+                    spoken.samples += len(payload)
+                    yield payload
+                elif kind == "done":
+                    outcome = "complete"
+                    return
+                else:
+                    raise P.ProtocolError(*payload, request_id)
+
+        yield chunks(), spoken
+    except P.ProtocolError as exc:
+        outcome = exc.code
+        raise
+    finally:
+        if job is not None:
+            server.cancel(job)  # a no-op for a finished job
+        server.metrics.request_done(interface, outcome)
