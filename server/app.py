@@ -32,6 +32,7 @@ from .openai_api import OpenAIApi
 from .session import Session
 from .voices import VoiceStore
 from .worker import DeviceWorker, Job, WorkerStopped
+from .wyoming import WyomingServer
 
 log = logging.getLogger("qwen3tts.server")
 
@@ -49,6 +50,7 @@ class TTSServer:
         self.started_at = time.time()
         self._warm = None
         self.http: OpenAIApi | None = None
+        self.wyoming: WyomingServer | None = None
         self.metrics = ServerMetrics()
         self.metrics.read_gauges(
             active_slots=lambda: self.worker.active if self.worker else 0,
@@ -171,6 +173,9 @@ class TTSServer:
         if self.cfg.http_port is not None:
             self.http = OpenAIApi(self, public_listings=self.cfg.public_listings)
             await self.http.start(self.cfg.host, self.cfg.http_port)
+        if self.cfg.wyoming_port is not None:
+            self.wyoming = WyomingServer(self)
+            await self.wyoming.start(self.cfg.host, self.cfg.wyoming_port)
         loop.create_task(self._after_load())
 
     def _load_and_warm(self) -> Backend:
@@ -218,7 +223,8 @@ class TTSServer:
         sessions = list(self.sessions.values())
         # WebSocket sessions and HTTP streams drain side by side, each within the grace period.
         await asyncio.gather(*(s.shutdown(self.cfg.shutdown_grace_s) for s in sessions),
-                             *([self.http.stop()] if self.http else []), return_exceptions=True)
+                             *([self.http.stop()] if self.http else []),
+                             *([self.wyoming.stop()] if self.wyoming else []), return_exceptions=True)
         if self._server is not None:
             self._server.close(close_connections=True)
             try:
