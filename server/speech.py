@@ -193,3 +193,5 @@ async def speech(server: ServerView, utt: Utterance, interface: str, label: str 
         if job is not None:
             server.cancel(job)  # a no-op for a finished job
         server.metrics.request_done(interface, outcome)
+        if spoken.sample_rate:
+            server.metrics.audio(interface, spoken.samples / spoken.sample_rate)

@@ -287,8 +287,6 @@ class WyomingHandler(AsyncEventHandler):
                 await self.send_audio(resample.process(pcm))
             await self.send_audio(resample.flush())
         await self.write(AudioStop().event())
-        if spoken.sample_rate:
-            self.server.metrics.audio("wyoming", spoken.samples / spoken.sample_rate)
         log.info(json.dumps({"event": "wyoming_speech", "conn": self.conn_id, "chars": len(utt.text),
                              "voice": utt.voice, "language": utt.language, "samples": spoken.samples,
                              "ms": round(1000 * (time.monotonic() - t0), 1),

@@ -319,3 +319,35 @@ def test_metrics_on_both_ports(tmp_path):
                 assert "qwen3tts_batch_slots 4.0" in text and "qwen3tts_model_ready 1.0" in text
                 assert "qwen3tts_step_seconds_count" in text
     arun(body())
+
+
+def test_replayed_app_requests(tmp_path):
+    """The exact requests Open WebUI, SillyTavern and LibreChat send (CLIENTS.md §1.7; too heavy
+    to run here): Open WebUI lists voices and models without a key, then posts {input, voice,
+    model} with no format (mp3); SillyTavern adds response_format mp3 and its speed slider at 1;
+    LibreChat pipes two mp3 answers into one stream, which must still decode."""
+    async def body():
+        async with running_server(tmp_path, auth_token="k", public_listings=True) as srv:
+            base = http_url(srv)
+            auth = {"Authorization": "Bearer k"}
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{base}/audio/voices") as r:  # Open WebUI: requests.get, no headers
+                    voices = {v["id"]: v["name"] for v in (await r.json())["voices"]}
+                assert "default" in voices
+                async with s.get(f"{base}/audio/models") as r:
+                    assert [m["id"] for m in (await r.json())["models"]] == ["qwen3-tts"]
+                bodies = []
+                for payload in ({"input": "Open WebUI asks.", "voice": "default", "model": "tts-1"},
+                                {"model": "tts-1", "input": "SillyTavern asks.", "voice": "alloy",
+                                 "response_format": "mp3", "speed": 1},
+                                {"input": "LibreChat asks.", "model": "tts-1", "voice": "default"}):
+                    async with s.post(f"{base}/audio/speech", json=payload, headers=auth) as r:
+                        assert r.status == 200 and r.headers["Content-Type"] == "audio/mpeg", await r.text()
+                        bodies.append(await r.read())
+            lengths = [decoded_samples(b)[0] for b in bodies]
+            for text, n in zip(("Open WebUI asks.", "SillyTavern asks.", "LibreChat asks."), lengths, strict=True):
+                want = len(expected_pcm(srv, text, encoding="pcm16", language="auto")) // 2
+                assert want <= n <= want + 2 * 1152
+            joined = decoded_samples(bodies[1] + bodies[2])  # LibreChat's concatenated stream
+            assert joined[1] == 24000 and abs(joined[0] - (lengths[1] + lengths[2])) <= 2 * 1152
+    arun(body())
