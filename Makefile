@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q
 
-.PHONY: serve test lint bench clean-venv
+.PHONY: serve test lint bench clean-venv integrations
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -44,7 +44,17 @@ serve: $(VENV)/.runtime
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 
-test: lint
+# Pipecat and LiveKit each in a venv of their own (~500 MB each; they pin numpy, protobuf and
+# openai versions of their own): tests/test_integrations.py runs their OpenAI TTS classes
+# against the server from these.
+INTEGRATIONS := .venv-integrations
+$(INTEGRATIONS)/%/.installed: tests/integrations/requirements-%.txt
+	test -x $(INTEGRATIONS)/$*/bin/python || python3 -m venv $(INTEGRATIONS)/$*
+	$(INTEGRATIONS)/$*/bin/python -m pip install -q -r $<
+	touch $@
+integrations: $(INTEGRATIONS)/pipecat/.installed $(INTEGRATIONS)/livekit/.installed
+
+test: lint integrations
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The CPU benchmarks recorded in BENCHMARKS.md (each side by side with the reference, results in
