@@ -7,10 +7,13 @@ A facade that composes what the layers below provide: the loaded modules, the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
 
 import jax
@@ -127,7 +130,7 @@ class Qwen3TTS:
     # -- generation ---------------------------------------------------------------------------
 
     def _requests(self, text, voice, language, seed, greedy, max_new_frames, non_streaming_text, speaker,
-                  instruct, sampling) -> tuple[list[GenerationRequest], bool]:
+                  instruct, sampling, text_open: bool = False) -> tuple[list[GenerationRequest], bool]:
         """One request per text (scalars broadcast over a list of texts), every one checked
         against this model before any runs."""
         single = isinstance(text, str)
@@ -150,7 +153,7 @@ class Qwen3TTS:
                                                        seeds, per_text(speaker, "speaker"),
                                                        per_text(instruct, "instruct"), strict=True)]
         for r in requests:
-            r.check()
+            r.check(text_open)
             self.prompts.check(r.voice, r.language, r.speaker, r.instruct)
         return requests, single
 
@@ -214,6 +217,99 @@ class Qwen3TTS:
         with self._engine(1, stream_audio=True, max_new_frames=request.max_new_frames or 0) as engine:
             engine.admit(0, request)
             while engine.active_slots():
+                out = engine.step().get(0)
+                if out is not None and out.pcm.size:
+                    yield out.pcm
+
+    def stream_text(self, chunks: Iterable[str] | AsyncIterable[str], voice: VoicePrompt | None = None,
+                    language="auto", *, speaker: str | None = None, instruct: str | None = None,
+                    greedy: bool = False, seed: int = 0, max_new_frames: int | None = None,
+                    **sampling) -> Iterator[np.ndarray] | AsyncIterator[np.ndarray]:
+        """Speak a text while it is still being written: float32 PCM chunks as frames are made,
+        from `chunks`, the text in pieces (an LLM's tokens), an iterable or an async iterable
+        (then this returns an async iterator). The audio equals `stream(whole_text, ...)` with the
+        streaming-text layout (`non_streaming_text=False`) and the same arguments, however the
+        text is split and however long each piece takes: a frame whose text has not arrived
+        waits for it (`engine.BatchEngine.open`). Pieces are read on a thread of their own, so
+        a slow source never stops the frames that already have their text."""
+        (request,), _ = self._requests("", voice, language, seed, greedy, max_new_frames, False, speaker,
+                                       instruct, sampling, text_open=True)
+        if isinstance(chunks, AsyncIterable):
+            return self._stream_text_async(chunks, request)
+        return self._stream_text_sync(chunks, request)
+
+    def _stream_text_sync(self, chunks: Iterable[str], request: GenerationRequest) -> Iterator[np.ndarray]:
+        pieces: queue.Queue = queue.Queue()
+
+        def read():
+            try:
+                for piece in chunks:
+                    pieces.put(("text", piece))
+                pieces.put(("end", None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                pieces.put(("error", exc))
+        threading.Thread(target=read, name="stream_text reader", daemon=True).start()
+        yield from self._speak_arriving_text(pieces, request)
+
+    async def _stream_text_async(self, chunks: AsyncIterable[str], request: GenerationRequest
+                                 ) -> AsyncIterator[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        pieces: queue.Queue = queue.Queue()
+        made: asyncio.Queue = asyncio.Queue()
+
+        async def read():
+            try:
+                async for piece in chunks:
+                    pieces.put(("text", piece))
+                pieces.put(("end", None))
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                pieces.put(("error", exc))
+
+        def speak():  # the device work, off the event loop
+            try:
+                for pcm in self._speak_arriving_text(pieces, request):
+                    loop.call_soon_threadsafe(made.put_nowait, ("pcm", pcm))
+                loop.call_soon_threadsafe(made.put_nowait, ("done", None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                loop.call_soon_threadsafe(made.put_nowait, ("error", exc))
+        reader = asyncio.ensure_future(read())
+        speaker = threading.Thread(target=speak, name="stream_text speaker", daemon=True)
+        speaker.start()
+        try:
+            while True:
+                kind, value = await made.get()
+                if kind == "pcm":
+                    yield value
+                elif kind == "done":
+                    return
+                else:
+                    raise value
+        finally:
+            reader.cancel()
+            pieces.put(("stop", None))
+            await asyncio.to_thread(speaker.join)
+
+    def _speak_arriving_text(self, pieces: queue.Queue, request: GenerationRequest) -> Iterator[np.ndarray]:
+        """Step one open slot, taking text from `pieces` ((kind, value): "text", "end", "error",
+        "stop") between frames, and blocking on it only while the row waits for text."""
+        with self._engine(1, stream_audio=True, max_new_frames=request.max_new_frames or 0) as engine:
+            engine.open(0, request)
+            ended = False
+            while engine.active_slots():
+                while not ended:
+                    try:
+                        kind, value = pieces.get(block=engine.waiting)
+                    except queue.Empty:
+                        break
+                    if kind == "text":
+                        engine.append_text(0, value)
+                    elif kind == "end":
+                        engine.end_text(0)
+                        ended = True
+                    elif kind == "error":
+                        raise value
+                    else:
+                        return
                 out = engine.step().get(0)
                 if out is not None and out.pcm.size:
                     yield out.pcm

@@ -19,9 +19,18 @@ def _powers_then_256(n: int, minimum: int) -> int:
 
 
 def prompt_rows(n: int) -> int:
-    """Rows of a prefill prompt, and of the trailing-text ids projected at admission: 16, 32,
-    ..., 256, then multiples of 256."""
+    """Rows of a prefill prompt: 16, 32, ..., 256, then multiples of 256."""
     return _powers_then_256(n, 16)
+
+
+def text_ids(n: int, capacity: int | None = None) -> int:
+    """Trailing-text ids projected in one call (at admission, or appended while a row speaks):
+    16, 32, 64, ..., capped at a row's text ring `capacity` (a multiple of 16, so whole
+    blocks of `talker.TEXT_BLOCK`)."""
+    size = 16
+    while size < n:
+        size *= 2
+    return size if capacity is None else min(size, capacity)
 
 
 def ref_frames(n: int) -> int:

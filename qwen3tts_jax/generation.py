@@ -9,7 +9,15 @@ A frame step, for every row of the batch at once:
      preallocated `[B, S_max, kv_heads, head_dim]` cache at the row's own slot;
   3. the next c0 is sampled on device with the row's own parameters and PRNG stream.
 Rows are independent (own lengths, prompts, parameters, EOS); finished or empty rows still
-flow through the fixed shapes but never change. Shapes never depend on the data, so the
+flow through the fixed shapes but never change.
+
+Text that arrives while a row speaks (`append_text`): the trailing text is a ring of N vectors
+per row, the host appends to it between steps, and a row whose next text vector has not
+arrived yet (`text_open` and `step == trailing_len`) *waits*: it flows through the step but
+nothing of it changes (KV length, hidden state, c0, step, history; its PRNG keys are indexed
+by step, so they wait too). Its KV write lands on its own next slot, which its real step
+rewrites before anything reads it. A row that waits and then goes on makes exactly the frames
+it would have made with all its text in hand. Shapes never depend on the data, so the
 frame step compiles once per attention span and prefill once per length bucket.
 
 `DecodeParts` is what a model hands the engine: the static spec and the weights, split from
@@ -86,8 +94,9 @@ class RowState:
     last_c0: jax.Array       # int32, the latest sampled c0, not yet expanded into a frame
     step: jax.Array          # int32, index of the frame `last_c0` starts
     history: jax.Array       # [B, V] bool, c0 ids sampled so far (repetition penalty)
-    trailing: jax.Array      # [B, N, H] text vectors fed one per step
-    trailing_len: jax.Array  # int32
+    trailing: jax.Array      # [B, N, H] text vectors fed one per step; vector i at i % N (a ring)
+    trailing_len: jax.Array  # int32, text vectors written so far
+    text_open: jax.Array     # bool, more text may come: the row waits at step == trailing_len
     talker_params: SamplingParams
     predictor_params: SamplingParams
     penalty: jax.Array       # float32 repetition penalty
@@ -176,7 +185,7 @@ def empty_state(batch: int, max_len: int, trailing_len: int, talker_cfg, dtype) 
         trailing=jnp.zeros((batch, trailing_len, c.hidden_size), dtype), trailing_len=zeros_i(),
         talker_params=SamplingParams.make(batch), predictor_params=SamplingParams.make(batch),
         penalty=jnp.ones((batch,), jnp.float32), key=jax.random.split(jax.random.key(0), batch),
-        max_frames=zeros_i(), active=jnp.zeros((batch,), jnp.bool_))
+        max_frames=zeros_i(), active=jnp.zeros((batch,), jnp.bool_), text_open=jnp.zeros((batch,), jnp.bool_))
 
 
 def _sample_c0(spec: DecodeSpec, logits, history, penalty, produced, params, keys):
@@ -189,8 +198,9 @@ def _sample_c0(spec: DecodeSpec, logits, history, penalty, produced, params, key
 @functools.partial(jax.jit, static_argnames=("spec",), donate_argnames=("state",))
 def prefill(spec: DecodeSpec, weights: Weights, state: RowState, row, embeds, length, trailing,
             trailing_len, talker_params: SamplingParams, predictor_params: SamplingParams, penalty,
-            seed, max_frames) -> RowState:
+            seed, max_frames, text_open) -> RowState:
     """Run row `row`'s prompt `embeds [P, H]` (real rows `< length`), write its cache, sample c0.
+    `trailing [N, H]`: its first `trailing_len` text vectors; `text_open`: more will be appended.
 
     Prompts are right-padded to the bucket P: causal attention keeps padding out of real rows,
     and the padded slots are overwritten by the next decode steps before they become visible.
@@ -222,7 +232,26 @@ def prefill(spec: DecodeSpec, weights: Weights, state: RowState, row, embeds, le
         talker_params=jax.tree.map(put, state.talker_params, talker_params),
         predictor_params=jax.tree.map(put, state.predictor_params, predictor_params),
         penalty=put(state.penalty, penalty), key=put(state.key, key),
-        max_frames=put(state.max_frames, max_frames), active=put(state.active, True))
+        max_frames=put(state.max_frames, max_frames), active=put(state.active, True),
+        text_open=put(state.text_open, text_open))
+
+
+@functools.partial(jax.jit, static_argnames=("spec",), donate_argnames=("state",))
+def append_text(spec: DecodeSpec, weights: Weights, state: RowState, row, ids, count, close) -> RowState:
+    """Append the first `count` of `ids [K]` (K a multiple of `talker.TEXT_BLOCK`) to row `row`'s
+    trailing text; `close`: they are its last (the text's EOS among them), so the row stops
+    waiting for more. The caller keeps the unread text within the ring (`trailing_len - step
+    + count <= N`)."""
+    talker = nnx.merge(spec.talker_def, weights.talker)
+    vecs = talker.embed_text_blocked(ids).astype(state.trailing.dtype)  # [K, H]
+    n = state.trailing.shape[1]
+    start = state.trailing_len[row]
+    i = jnp.arange(ids.shape[0])
+    at = (start + i) % n
+    old = state.trailing[row, at]
+    trailing = state.trailing.at[row, at].set(jnp.where((i < count)[:, None], vecs, old))
+    return dataclasses.replace(state, trailing=trailing, trailing_len=state.trailing_len.at[row].add(count),
+                               text_open=state.text_open.at[row].set(~close))
 
 
 def _expand_frame(spec: DecodeSpec, weights: Weights, state: RowState, keys):
@@ -278,25 +307,26 @@ def _frame(spec: DecodeSpec, weights: Weights, state: RowState, attend_len: int 
     talker = nnx.merge(spec.talker_def, weights.talker)
     keys = jax.vmap(jax.random.fold_in)(state.key, state.step + 1)
     codes, frame_vec = _expand_frame(spec, weights, state, keys)
-    idx = jnp.minimum(state.step, state.trailing.shape[1] - 1)
     rows = jnp.arange(state.step.shape[0])
-    text = state.trailing[rows, idx]  # [b, H]: a gather, as the buffer may hold more rows (`_leading`)
+    text = state.trailing[rows, state.step % state.trailing.shape[1]]  # [b, H], a gather: see `_leading`
     text = jnp.where((state.step < state.trailing_len)[:, None], text, weights.tts_pad.astype(text.dtype))
     x = (frame_vec + text)[:, None].astype(state.past_hidden.dtype)
+    # A waiting row writes its own next slot (rewritten by its real step); free rows write slot 0.
     slot = jnp.where(state.active, state.length, 0)
     hidden, cache = talker(x, slot[:, None], state.cache, slot, attend_len=attend_len)
     hidden = hidden[:, 0]
     c0 = _sample_c0(spec, talker.logits(hidden), state.history, state.penalty, state.step + 1,
                     state.talker_params, jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys))
-    emitted = state.active
+    ready = state.active & (~state.text_open | (state.step < state.trailing_len))  # else it waits for text
+    emitted = ready
     finished = emitted & ((c0 == spec.eos_id) | (state.step + 1 >= state.max_frames))
-    act = state.active[:, None]
+    act = ready[:, None]
     new = dataclasses.replace(
         state, cache=cache,
-        length=jnp.where(state.active, state.length + 1, state.length),
+        length=jnp.where(ready, state.length + 1, state.length),
         past_hidden=jnp.where(act, hidden, state.past_hidden),
-        last_c0=jnp.where(state.active, c0, state.last_c0),
-        step=jnp.where(state.active, state.step + 1, state.step),
+        last_c0=jnp.where(ready, c0, state.last_c0),
+        step=jnp.where(ready, state.step + 1, state.step),
         history=state.history | (act & (jnp.arange(state.history.shape[-1]) == c0[:, None])),
         active=state.active & ~finished)
     return new, (codes, emitted, finished)

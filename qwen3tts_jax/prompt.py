@@ -212,8 +212,25 @@ class PromptBuilder:
         default. A clear ValueError for anything this model cannot take, or text the tokenizer
         cannot take."""
         self.check(voice, language, speaker, instruct)
+        return self.layout_of_ids(self.tokenizer.text_ids(text), voice, language, non_streaming_text,
+                                  speaker=speaker, instruct=instruct)
+
+    def layout_of_ids(self, text_ids: list[int], voice: VoicePrompt | None = None, language: str = "auto",
+                      non_streaming_text: bool | None = None, *, speaker: str | None = None,
+                      instruct: str | None = None, text_open: bool = False) -> PromptLayout | None:
+        """`layout` from the target text's ids (`TextTokenizer.text_ids`), checked by the caller.
+
+        `text_open`: the ids so far of a text still being written (`text_stream.TextStream`),
+        in the streaming-text layout. The prompt is then the whole text's, and `trailing_ids`
+        the start of the whole text's trailing ids, without the text's EOS (it comes when the
+        text ends): or None while the prompt still needs ids that have not arrived (one id for
+        x-vector voices, preset speakers and designed voices; an ICL clone's prompt holds
+        `1 + ref frames - ref text ids` target ids)."""
         if non_streaming_text is None:
             non_streaming_text = self.default_non_streaming_text()
+        if text_open and non_streaming_text:
+            raise ValueError("text that arrives while speaking needs the streaming-text layout "
+                             "(non_streaming_text=False): the non-streaming one puts all text in the prompt")
         t = self.config.talker
         if instruct and not self.supports_instruct:
             if not self._warned_instruct:
@@ -221,18 +238,24 @@ class PromptBuilder:
                             "reference", self.model_type, self.config.tts_model_size)
                 self._warned_instruct = True
             instruct = None
-        text_ids = self.tokenizer.text_ids(text)
         instruct_ids = self.tokenizer.instruct_ids(instruct) if instruct else None
         if voice is not None:
             spk = XVECTOR
         else:
             spk = t.speaker_codec_id(speaker) if speaker else None
         icl = voice is not None and voice.ref_codes is not None
-        layout = build_layout(self.config, self.role_ids, text_ids, language=language,
-                              ref_text_ids=self.tokenizer.ref_text_ids(voice.ref_text) if icl else None,
-                              num_ref_frames=len(voice.ref_codes) if icl else None,
+        ref_text_ids = self.tokenizer.ref_text_ids(voice.ref_text) if icl else None
+        if text_open:
+            needed = 1 + len(voice.ref_codes) - len(ref_text_ids) if icl else 1
+            if len(text_ids) < max(needed, 1):
+                return None
+        layout = build_layout(self.config, self.role_ids, list(text_ids), language=language,
+                              ref_text_ids=ref_text_ids, num_ref_frames=len(voice.ref_codes) if icl else None,
                               non_streaming_text=non_streaming_text, speaker=spk,
                               dialect=t.dialect_of(speaker) if speaker else None, instruct_ids=instruct_ids)
+        if text_open:  # the EOS build_layout ends the trailing text with comes at the text's end
+            assert layout.trailing_ids[-1] == self.config.tts_eos_token_id
+            layout = dataclasses.replace(layout, trailing_ids=layout.trailing_ids[:-1])
         check_layout(self.config, layout)
         return layout
 
@@ -331,18 +354,20 @@ def embed_layout(talker_def, talker_state, predictor_def, predictor_state, layou
 
 @functools.partial(jax.jit, static_argnames=("talker_def", "rows"))
 def _embed_text(talker_def, talker_state, ids: jax.Array, rows: int) -> jax.Array:
-    vecs = nnx.merge(talker_def, talker_state).embed_text(ids)
-    return jnp.pad(vecs, ((0, rows - ids.shape[0]), (0, 0)))
+    vecs = nnx.merge(talker_def, talker_state).embed_text_blocked(ids)[:rows]
+    return jnp.pad(vecs, ((0, rows - vecs.shape[0]), (0, 0)))
 
 
 def embed_text_ids(talker_def, talker_state, ids: np.ndarray, rows: int) -> jax.Array:
     """P(ids) padded with zero rows to `[rows, H]` (the trailing-text buffer of a row).
 
-    Only a length bucket of ids goes through the text projection (a 2-layer MLP as wide as
-    the text embedding): projecting the whole buffer would cost more than the prefill.
+    Only a bucket of ids (`buckets.text_ids`) goes through the text projection (a 2-layer MLP
+    as wide as the text embedding): projecting the whole buffer would cost more than the
+    prefill. The projection runs in fixed blocks (`Talker.embed_text_blocked`), so the vectors
+    equal those of text appended later in other groupings, bit for bit.
     """
     if len(ids) > rows:
         raise ValueError(f"{len(ids)} text ids do not fit {rows} rows")
-    padded = np.zeros((min(buckets.prompt_rows(len(ids)), rows),), np.int32)
+    padded = np.zeros((buckets.text_ids(len(ids)),), np.int32)
     padded[:len(ids)] = ids
     return _embed_text(talker_def, talker_state, padded, rows)

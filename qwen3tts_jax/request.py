@@ -46,9 +46,10 @@ class GenerationRequest:
     speaker: str | None = None
     instruct: str | None = None
 
-    def check(self) -> None:
-        """ValueError for a request no engine can run."""
-        if not isinstance(self.text, str) or not self.text.strip():
+    def check(self, text_open: bool = False) -> None:
+        """ValueError for a request no engine can run (`text_open`: its text is only the start,
+        maybe empty, of a text still being written)."""
+        if not isinstance(self.text, str) or not (text_open or self.text.strip()):
             raise ValueError("text is empty")
         if self.voice is not None and not isinstance(self.voice, VoicePrompt):
             raise ValueError("voice must be a VoicePrompt (see Qwen3TTS.create_voice_prompt)")

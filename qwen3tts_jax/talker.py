@@ -15,6 +15,9 @@ from qwen3tts_jax.config import TalkerConfig
 from qwen3tts_jax.layers import embedding, linear
 from qwen3tts_jax.transformer import DecoderStack, StackShape
 
+# Text ids are projected in blocks of this many rows, whatever their number (`embed_text_blocked`).
+TEXT_BLOCK = 16
+
 
 class TextProjection(nnx.Module):
     """`linear_fc2(silu(linear_fc1(x)))`, both with bias (reference `Qwen3TTSTalkerResizeMLP`)."""
@@ -38,6 +41,16 @@ class Talker(DecoderStack):
     def embed_text(self, ids: jax.Array) -> jax.Array:
         """P(ids): text-track vectors `[..., hidden]`."""
         return self.text_projection(self.text_embedding(ids))
+
+    def embed_text_blocked(self, ids: jax.Array) -> jax.Array:
+        """P(ids) for `ids [n]`, n a multiple of TEXT_BLOCK, one TEXT_BLOCK-row block at a time.
+
+        A matmul's rows can round differently with the number of rows (another kernel), so
+        the trailing text, projected all at once for a whole text but in pieces for text that
+        arrives while speaking, goes through one fixed block shape: each vector is then
+        bit-identical however its ids were grouped."""
+        blocks = jax.lax.map(self.embed_text, ids.reshape(-1, TEXT_BLOCK))
+        return blocks.reshape(ids.shape[0], -1)
 
     def embed_codec(self, ids: jax.Array) -> jax.Array:
         """C(ids): codec-track vectors of codebook 0 and the control tokens."""

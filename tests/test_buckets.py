@@ -7,6 +7,8 @@ from qwen3tts_jax import buckets
 
 def test_prompt_rows_and_ref_frames_are_powers_of_two_then_multiples_of_256():
     assert [buckets.prompt_rows(n) for n in (1, 16, 17, 100, 256, 257, 600)] == [16, 16, 32, 128, 256, 512, 768]
+    assert [buckets.text_ids(n) for n in (0, 1, 16, 17, 100, 600)] == [16, 16, 16, 32, 128, 1024]
+    assert [buckets.text_ids(n, 64) for n in (1, 33, 64, 100)] == [16, 64, 64, 64]
     assert [buckets.ref_frames(n) for n in (1, 8, 9, 100, 256, 257)] == [8, 8, 16, 128, 256, 512]
 
 

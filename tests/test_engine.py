@@ -99,11 +99,29 @@ def test_warmup_compiles_every_attention_span(tts, voices):
 
 
 def test_prompt_too_long_for_the_engine_is_rejected(tts, voices):
-    engine = tts.batch_engine(1, max_seq_len=24, max_text_tokens=8)
+    engine = tts.batch_engine(1, max_seq_len=24)
     with pytest.raises(ValueError, match="positions"):
         engine.admit(0, _request(0, voices))
-    with pytest.raises(ValueError, match="text too long"):
-        engine.admit(0, GenerationRequest(TEXTS[0] * 3, voices[1], "English"))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        tts.batch_engine(1, max_text_tokens=8)
+
+
+def test_text_longer_than_the_ring_is_fed_as_it_is_read(tts, voices):
+    """A row's text ring holds 16 ids here; a text of ~40 ids waits on the host and is appended
+    as the row reads it: the same codes as with all of it on the device at once."""
+    text = " ".join(TEXTS * 2)
+    r = GenerationRequest(text, voices[1], "English", greedy=True, max_new_frames=60)
+    assert len(tts.tokenizer.text_ids(text)) > 32
+    codes = {}
+    for ring in (16, 512):
+        engine = tts.batch_engine(1, max_text_tokens=ring)
+        engine.admit(0, r)
+        frames = []
+        while engine.active_slots():
+            frames += [o.codes for o in engine.step().values()]
+        codes[ring] = np.concatenate(frames)
+    assert len(codes[16]) > 40  # it read past the ring's size
+    np.testing.assert_array_equal(codes[16], codes[512])
 
 
 @pytest.mark.parametrize("greedy", [True, False])
