@@ -149,7 +149,7 @@ class BatchEngine:
     @property
     def waiting(self) -> bool:
         """Every busy slot waits for text: `step` would make no device call until text comes."""
-        return bool(self._slots or self._opening) and not any(s.ready for s in self._slots.values())
+        return bool(self._slots or self._opening) and not any(s.ready or s.queued for s in self._slots.values())
 
     def _check_free(self, slot: int) -> None:
         if not 0 <= slot < self.num_slots:
@@ -368,6 +368,9 @@ class BatchEngine:
         for row in reversed(done):  # from the last: a moved row is never one still to drop
             del self._slots[self._rows[row]]
             self._drop_row(row)
+        now = time.monotonic()
+        for s in self._slots.values():  # a row that just read its last text starts waiting now
+            s.note_wait(now)
         return out
 
     def _voice_state(self, voice: VoicePrompt | None):

@@ -132,6 +132,12 @@ class TTSServer:
         if self.worker is not None:
             self.worker.cancel(job)
 
+    def append_text(self, job: Job, text: str | None) -> None:
+        """More of a streamed job's text (None: its end); queue.Full when the worker is saturated."""
+        if self.worker is None:
+            raise WorkerStopped("starting")
+        self.worker.end_text(job) if text is None else self.worker.append_text(job, text)
+
     def check_token(self, presented: str | None) -> bool:
         if self.cfg.auth_token is None:
             return True

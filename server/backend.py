@@ -75,15 +75,16 @@ class Backend:
         return self.speakers[0] if self.speakers else None
 
     def make_request(self, text: str, voice: Any, language: str, *, seed: int, max_new_frames: int | None,
-                     max_audio_seconds: float, **sampling) -> GenerationRequest:
+                     max_audio_seconds: float, text_open: bool = False, **sampling) -> GenerationRequest:
         """A request with the checkpoint's defaults under the client's `sampling` (None keeps the
         default; `speaker=` and `instruct=` pass through). Without `max_new_frames`, a budget
         guards against a missing EOS: about 0.25 s of audio per character + 3 s, at most
-        `max_audio_seconds`."""
+        `max_audio_seconds` (all of it for a streamed text, whose length is not known yet)."""
         if max_new_frames is None:
-            seconds = min(max_audio_seconds, 3.0 + 0.25 * len(text))
+            seconds = max_audio_seconds if text_open else min(max_audio_seconds, 3.0 + 0.25 * len(text))
             max_new_frames = max(1, int(seconds * self.frame_rate))
-        return self.defaults.request(text, voice, language, seed=seed, max_new_frames=max_new_frames, **sampling)
+        return self.defaults.request(text, voice, language, seed=seed, max_new_frames=max_new_frames,
+                                     non_streaming_text=False if text_open else None, **sampling)
 
 
 def model_fingerprint(path: str) -> str:

@@ -19,6 +19,8 @@ class ServerConfig:
     max_message_bytes: int = 64 * 1024  # every control message
     max_voice_message_bytes: int = 16 * 1024 * 1024  # registerVoice (base64 audio)
     max_text_chars: int = 2000
+    max_streamed_text_chars: int = 20000  # all the text of one streamed (textStream) request
+    text_idle_timeout_s: float = 15.0  # an open streamed request with no appendText for this long: TIMEOUT
     max_queued_per_session: int = 8
     request_timeout_s: float = 120.0
     max_send_buffer_bytes: int = 4 * 1024 * 1024

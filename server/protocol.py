@@ -100,6 +100,17 @@ class Speak:
     request_id: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
     instruct: str | None = None  # this request only; None keeps the session's
+    text_stream: bool = False  # `text` is only the start: appendText ... endText bring the rest
+
+
+@dataclass(frozen=True)
+class AppendText:
+    text: str
+
+
+@dataclass(frozen=True)
+class EndText:
+    pass
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,7 @@ class RegisterVoice:
     overwrite: bool
 
 
-ClientMessage = Start | Speak | Cancel | Stop | RegisterVoice
+ClientMessage = Start | Speak | AppendText | EndText | Cancel | Stop | RegisterVoice
 
 _SAMPLING_FIELDS = {  # wire name -> (attr, type, check)
     "seed": ("seed", int, lambda v: 0 <= v < 2**32),
@@ -218,10 +229,16 @@ def parse_client_message(raw: str | bytes, max_bytes: int, max_voice_bytes: int)
             priority = _choice(msg, "priority", PRIORITIES) or "normal"
             sampling = parse_sampling(msg)
             instruct = get_field(msg, "instruct", str)
+            text_stream = bool(get_field(msg, "textStream", bool))
         except ProtocolError as exc:
             exc.request_id = rid
             raise
-        return Speak(text=text, priority=priority, request_id=rid, sampling=sampling, instruct=instruct)
+        return Speak(text=text, priority=priority, request_id=rid, sampling=sampling, instruct=instruct,
+                     text_stream=text_stream)
+    if kind == "appendText":
+        return AppendText(text=get_field(msg, "text", str, required=True))
+    if kind == "endText":
+        return EndText()
     if kind == "start":
         rate = get_field(msg, "sampleRate", int)
         if rate is not None and rate not in SAMPLE_RATES:

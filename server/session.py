@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import logging
+import queue
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from . import protocol as P
 from .resample import StreamResampler
 from .speech import ServerView, Utterance, build_request, check_instruct, check_text, submit
 from .voices import canonical_language
-from .worker import Job
+from .worker import Job, WorkerStopped
 
 log = logging.getLogger("qwen3tts.server")
 
@@ -59,6 +60,21 @@ class Running:
     finished: bool = False
     timer: asyncio.TimerHandle | None = None
     task: asyncio.Task | None = None
+    feed: TextFeed | None = None  # a streamed (textStream) request's text
+    text_wait_s: float = 0.0
+
+
+@dataclass(eq=False)
+class TextFeed:
+    """The text of a streamed request (`speak` with `textStream`), as `appendText`s bring it.
+    Until the request reaches the device worker its pieces wait here."""
+
+    speak: P.Speak
+    chars: int
+    pieces: list[str] = field(default_factory=list)
+    ended: bool = False
+    job: Job | None = None
+    idle_timer: asyncio.TimerHandle | None = None
 
 
 _CLOSE = object()
@@ -72,8 +88,9 @@ class Session:
         self.sid = sid
         self.authed = authed
         self.settings = Settings(voice=server.default_voice())
-        self.waiting: deque[tuple[P.Speak, float]] = deque()
+        self.waiting: deque[tuple[P.Speak, float, TextFeed | None]] = deque()
         self.current: Running | None = None
+        self.feed: TextFeed | None = None  # the streamed request whose text is still open
         self._out: asyncio.Queue = asyncio.Queue()
         self._out_bytes = 0
         self.closing = False
@@ -210,6 +227,10 @@ class Session:
                 self._on_start(msg)
             elif isinstance(msg, P.Speak):
                 self._on_speak(msg)
+            elif isinstance(msg, P.AppendText):
+                self._on_append_text(msg)
+            elif isinstance(msg, P.EndText):
+                self._on_end_text()
             elif isinstance(msg, P.Cancel):
                 self._on_cancel()
             elif isinstance(msg, P.Stop):
@@ -268,21 +289,95 @@ class Session:
 
     def _on_speak(self, msg: P.Speak) -> None:
         rid = msg.request_id
-        check_text(self.server, msg.text, rid)
+        if msg.text_stream and self.feed is not None:
+            raise P.ProtocolError("BAD_REQUEST", "a streamed request is open on this session: send endText (or "
+                                  "cancel) before the next textStream speak", rid)
+        check_text(self.server, msg.text, rid, limit=self.cfg.max_streamed_text_chars if msg.text_stream else None,
+                   allow_empty=msg.text_stream)
         if msg.instruct is not None:
             check_instruct(self.server, msg.instruct, rid)
         busy = self.current is not None
         if busy and len(self.waiting) >= self.cfg.max_queued_per_session:
             raise P.ProtocolError("RATE_LIMITED", f"more than {self.cfg.max_queued_per_session} "
                                   "requests queued on this session", rid)
+        feed = None
+        if msg.text_stream:
+            feed = self.feed = TextFeed(msg, len(msg.text))
+            self._arm_idle_timer(feed)
         now = time.monotonic()
         if msg.priority == "high":
             # After the last queued high request, ahead of every queued normal one.
-            idx = sum(1 for m, _ in self.waiting if m.priority == "high")
-            self.waiting.insert(idx, (msg, now))
+            idx = sum(1 for m, _, _ in self.waiting if m.priority == "high")
+            self.waiting.insert(idx, (msg, now, feed))
         else:
-            self.waiting.append((msg, now))
+            self.waiting.append((msg, now, feed))
         self._next()
+
+    # -- streamed text -------------------------------------------------------------------------
+    def _open_feed(self) -> TextFeed:
+        if self.feed is None:
+            raise P.ProtocolError("BAD_REQUEST", "no streamed request is open on this session (speak with "
+                                  "\"textStream\": true first; after endText its text is closed)")
+        return self.feed
+
+    def _on_append_text(self, msg: P.AppendText) -> None:
+        feed = self._open_feed()
+        if feed.chars + len(msg.text) > self.cfg.max_streamed_text_chars:
+            return self._fail_feed(feed, "INVALID_TEXT", "the streamed text grew past "
+                                   f"{self.cfg.max_streamed_text_chars} characters")
+        feed.chars += len(msg.text)
+        self._arm_idle_timer(feed)
+        self._feed(feed, msg.text)
+
+    def _on_end_text(self) -> None:
+        feed = self._open_feed()
+        feed.ended = True
+        self._close_feed(feed)
+        self._feed(feed, None)
+        run = self.current
+        if run is not None and run.feed is feed and run.job is not None and run.timer is None:
+            run.timer = asyncio.get_running_loop().call_later(self.cfg.request_timeout_s, self._on_timeout, run)
+
+    def _feed(self, feed: TextFeed, text: str | None) -> None:
+        """A piece of text (None: the end) to the device worker, or kept until the request is there."""
+        if feed.job is None:
+            if text is not None:
+                feed.pieces.append(text)
+            return
+        try:
+            self.server.append_text(feed.job, text)
+        except (queue.Full, WorkerStopped):
+            self._fail_feed(feed, "RATE_LIMITED", "the device queue is full; retry shortly")
+
+    def _arm_idle_timer(self, feed: TextFeed) -> None:
+        if feed.idle_timer is not None:
+            feed.idle_timer.cancel()
+        feed.idle_timer = asyncio.get_running_loop().call_later(self.cfg.text_idle_timeout_s, self._on_text_idle, feed)
+
+    def _close_feed(self, feed: TextFeed) -> None:
+        if feed.idle_timer is not None:
+            feed.idle_timer.cancel()
+            feed.idle_timer = None
+        if self.feed is feed:
+            self.feed = None
+
+    def _on_text_idle(self, feed: TextFeed) -> None:
+        if self.feed is feed:
+            self._fail_feed(feed, "TIMEOUT", f"no appendText for {self.cfg.text_idle_timeout_s:g} s (send endText "
+                            "when the text is complete)")
+
+    def _fail_feed(self, feed: TextFeed, code: str, message: str) -> None:
+        """End a streamed request with an error, running or still queued."""
+        self._close_feed(feed)
+        run = self.current
+        if run is not None and run.feed is feed:
+            return self._fail(run, code, message)
+        for i, (speak, _, queued) in enumerate(self.waiting):
+            if queued is feed:
+                del self.waiting[i]
+                self.send_error(code, message, speak.request_id)
+                self.server.metrics.request_done("ws", code)
+                return
 
     def _next(self) -> None:
         if self.current is not None or self.closing:
@@ -291,8 +386,8 @@ class Session:
             self.idle.set()
             return
         self.idle.clear()
-        speak, t0 = self.waiting.popleft()
-        run = Running(speak=speak, settings=self.settings, received_at=t0)
+        speak, t0, feed = self.waiting.popleft()
+        run = Running(speak=speak, settings=self.settings, received_at=t0, feed=feed)
         self.current = run
         self.n_requests += 1
         run.task = self._spawn(self._launch(run))
@@ -302,18 +397,26 @@ class Session:
         s, speak, rid = run.settings, run.speak, run.speak.request_id
         utt = Utterance(speak.text, s.voice if s.voice_chosen else None, s.language,
                         s.sampling.merged(speak.sampling), speak.instruct if speak.instruct is not None
-                        else s.instruct, speak.priority)
+                        else s.instruct, speak.priority, text_open=run.feed is not None)
         try:
             request, engine_rate = await build_request(self.server, utt, rid)
             if run is not self.current or run.finished:
                 return  # cancelled while the prompt was loading
             run.resampler = StreamResampler(engine_rate, s.sample_rate)
             run.job = Job(request, speak.priority, lambda kind, payload: self._on_event(run, kind, payload),
-                          label=f"{self.sid}/{rid or self.n_requests}")
+                          label=f"{self.sid}/{rid or self.n_requests}", text_open=run.feed is not None)
             submit(self.server, run.job, rid)
         except P.ProtocolError as exc:
             return self._fail(run, exc.code, exc.message)
-        run.timer = asyncio.get_running_loop().call_later(self.cfg.request_timeout_s, self._on_timeout, run)
+        if run.feed is not None:  # what arrived while it was queued; the request timeout starts at endText
+            run.feed.job = run.job
+            for piece in run.feed.pieces:
+                self._feed(run.feed, piece)
+            run.feed.pieces.clear()
+            if run.feed.ended:
+                self._feed(run.feed, None)
+        if run.feed is None or run.feed.ended:
+            run.timer = asyncio.get_running_loop().call_later(self.cfg.request_timeout_s, self._on_timeout, run)
         self._log("speak", requestId=rid, chars=len(speak.text), priority=speak.priority,
                   voice=s.voice, language=s.language, sampleRate=s.sample_rate)
 
@@ -324,6 +427,7 @@ class Session:
         if kind == "audio":
             self._send_audio(run, run.resampler.process(payload), final=False)
         elif kind == "done":
+            run.text_wait_s = (payload or {}).get("text_wait_s", 0.0)
             self._send_audio(run, run.resampler.flush(), final=True)
             self._complete(run, cancelled=False)
         elif kind == "error":
@@ -354,6 +458,8 @@ class Session:
 
     def _finish(self, run: Running, outcome: str) -> None:
         run.finished = True
+        if run.feed is not None:
+            self._close_feed(run.feed)
         self.server.metrics.request_done("ws", outcome)
         self.server.metrics.audio("ws", run.samples_sent / run.settings.sample_rate)
         if run.timer:
@@ -366,9 +472,11 @@ class Session:
     def _summary(self, run: Running) -> dict:
         end = run.last_audio_at or time.monotonic()
         out = {"durationMs": round((end - run.received_at) * 1000, 1),
-               "charactersProcessed": len(run.speak.text),
+               "charactersProcessed": run.feed.chars if run.feed is not None else len(run.speak.text),
                "audioLengthMs": round(1000 * run.samples_sent / run.settings.sample_rate, 3),
                "samples": run.samples_sent, "sampleRate": run.settings.sample_rate}
+        if run.feed is not None:
+            out["textWaitMs"] = round(1000 * run.text_wait_s, 1)
         if run.first_audio_at is not None:
             out["firstAudioMs"] = round((run.first_audio_at - run.received_at) * 1000, 1)
         if run.speak.request_id is not None:
@@ -399,7 +507,9 @@ class Session:
 
     def _drop_waiting(self, error: tuple[str, str] | None = None) -> None:
         while self.waiting:
-            speak, t0 = self.waiting.popleft()
+            speak, t0, feed = self.waiting.popleft()
+            if feed is not None:
+                self._close_feed(feed)
             if error:
                 self.send_error(error[0], error[1], speak.request_id)
             else:
@@ -430,6 +540,9 @@ class Session:
 
     def _abort_all(self) -> None:
         """Connection gone: free the device slot and forget queued work (nothing is sent)."""
+        for _, _, feed in self.waiting:
+            if feed is not None:
+                self._close_feed(feed)
         self.waiting.clear()
         run = self.current
         if run is not None and not run.finished:

@@ -53,6 +53,7 @@ class ServerView(Protocol):
     async def register_voice(self, msg: P.RegisterVoice) -> Voice: ...
     def submit(self, job: Job) -> None: ...
     def cancel(self, job: Job) -> None: ...
+    def append_text(self, job: Job, text: str | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -65,16 +66,19 @@ class Utterance:
     sampling: P.Sampling = field(default_factory=P.Sampling)
     instruct: str | None = None
     priority: str = "normal"
+    text_open: bool = False  # `text` is only the start of a streamed text (the WebSocket's textStream)
 
 
-def check_text(server: ServerView, text: str, request_id: str | None = None) -> None:
-    """INVALID_TEXT for empty or over-long text, RATE_LIMITED while shutting down, and the
-    loading / failed-model code while the model cannot take requests."""
+def check_text(server: ServerView, text: str, request_id: str | None = None, *, limit: int | None = None,
+               allow_empty: bool = False) -> None:
+    """INVALID_TEXT for empty (unless `allow_empty`: the start of a streamed text) or over-long
+    text (`limit`, default the server's `max_text_chars`), RATE_LIMITED while shutting down, and
+    the loading / failed-model code while the model cannot take requests."""
     if server.shutting_down:
         raise P.ProtocolError("RATE_LIMITED", "server is shutting down", request_id)
-    if not text.strip():
+    if not allow_empty and not text.strip():
         raise P.ProtocolError("INVALID_TEXT", "text is empty", request_id)
-    limit = server.cfg.max_text_chars
+    limit = server.cfg.max_text_chars if limit is None else limit
     if len(text) > limit:
         raise P.ProtocolError("INVALID_TEXT", f"text longer than {limit} characters", request_id)
     down = server.unavailable()
@@ -118,7 +122,7 @@ async def build_request(server: ServerView, utt: Utterance, request_id: str | No
         request = backend.make_request(
             utt.text, prompt, language, seed=s.seed if s.seed is not None else server.cfg.default_seed,
             max_new_frames=s.max_frames, max_audio_seconds=server.cfg.max_audio_seconds, speaker=speaker,
-            instruct=utt.instruct,
+            instruct=utt.instruct, text_open=utt.text_open,
             **{attr: getattr(s, attr) for attr in ("greedy", "temperature", "top_k", "top_p", "repetition_penalty")})
     except (TypeError, ValueError) as exc:
         raise P.ProtocolError("BAD_REQUEST", str(exc), request_id) from None

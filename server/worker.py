@@ -36,16 +36,22 @@ class Job:
     """One speak request on its way through the device.
 
     `sink(kind, payload)` runs on the event loop: ("audio", np.ndarray float32),
-    ("done", None), ("error", (code, message)). `cancel_requested` is set from the loop and
-    read by the worker (a plain attribute store: atomic under the GIL).
+    ("done", {"text_wait_s": seconds}), ("error", (code, message)). `cancel_requested` is set
+    from the loop and read by the worker (a plain attribute store: atomic under the GIL).
     """
 
-    def __init__(self, request: Any, priority: str, sink: Callable[[str, Any], None], label: str = ""):
+    def __init__(self, request: Any, priority: str, sink: Callable[[str, Any], None], label: str = "",
+                 text_open: bool = False):
         self.id = next(_ids)
         self.request = request
         self.priority = priority
         self.sink = sink
         self.label = label
+        # A streamed text: `request.text` is its start, the rest comes through append_text /
+        # end_text. Pieces that arrive before the job has a slot wait here (worker thread only).
+        self.text_open = text_open
+        self.pieces: list[str] = []
+        self.text_ended = False
         self.cancel_requested = False
         self.slot: int | None = None
         self.submitted_at = time.monotonic()
@@ -88,6 +94,14 @@ class DeviceWorker:
         if self.state != "ready":
             raise WorkerStopped(self.state)
         self._commands.put_nowait(("submit", job))
+
+    def append_text(self, job: Job, text: str) -> None:
+        """More text for a streamed job (in order); raises queue.Full when the worker is saturated."""
+        self._commands.put_nowait(("append", (job, text)))
+
+    def end_text(self, job: Job) -> None:
+        """A streamed job's text is complete."""
+        self._commands.put_nowait(("end", job))
 
     def cancel(self, job: Job) -> None:
         """Drop a job; the worker releases its slot before its next step."""
@@ -178,6 +192,26 @@ class DeviceWorker:
         pending = {"high": deque(), "normal": deque()}
         warm: deque = deque(maxlen=8)
 
+        def feed_text(job: Job, text: str | None) -> None:
+            """A piece of a streamed job's text (None: its end), now if it has a slot, else later."""
+            if job.slot is None or active.get(job.slot) is not job:
+                if job.slot is None and not job.cancel_requested:  # not admitted yet
+                    job.pieces.append(text) if text is not None else setattr(job, "text_ended", True)
+                return
+            try:
+                engine.end_text(job.slot) if text is None else engine.append_text(job.slot, text)
+            except ValueError as exc:
+                self._emit(job, "error", ("INVALID_TEXT", str(exc)))
+                release(job.slot)
+
+        def open_stream(slot: int, job: Job) -> None:
+            engine.open(slot, job.request)
+            for piece in job.pieces:
+                engine.append_text(slot, piece)
+            job.pieces.clear()
+            if job.text_ended:
+                engine.end_text(slot)
+
         def release(slot: int) -> None:
             active.pop(slot, None)
             try:
@@ -188,8 +222,10 @@ class DeviceWorker:
             free.sort()
 
         while True:
-            # 1. Commands; block only when there is nothing to step.
-            idle = not active and not any(pending.values())
+            # 1. Commands; block only when there is nothing to step (nothing active, or every
+            # active row waiting for text that only a command can bring).
+            waiting = bool(active) and getattr(engine, "waiting", False)
+            idle = (not active or waiting) and not any(pending.values())
             try:
                 cmd = self._commands.get(timeout=0.5) if idle else self._commands.get_nowait()
             except queue.Empty:
@@ -202,6 +238,10 @@ class DeviceWorker:
                     pending[arg.priority if arg.priority in pending else "normal"].append(arg)
                 elif kind == "warm":
                     warm.append(arg)
+                elif kind == "append":
+                    feed_text(*arg)
+                elif kind == "end":
+                    feed_text(arg, None)
                 elif kind == "call":
                     fn, fut = arg
                     try:
@@ -235,7 +275,7 @@ class DeviceWorker:
                 slot = free.pop(0)
                 t0 = time.perf_counter()
                 try:
-                    engine.admit(slot, job.request)
+                    open_stream(slot, job) if job.text_open else engine.admit(slot, job.request)
                 except ValueError as exc:
                     release(slot)
                     self._emit(job, "error", ("INVALID_TEXT", str(exc)))
@@ -260,7 +300,7 @@ class DeviceWorker:
                 release(slot)
             self.active = len(active)
             self.pending = len(pending["high"]) + len(pending["normal"])
-            if not active:
+            if not active or getattr(engine, "waiting", False):  # nothing to step until text comes
                 continue
 
             # 4. One decode step for every active slot.
@@ -289,7 +329,7 @@ class DeviceWorker:
                 if out.pcm is not None and len(out.pcm):
                     self._emit(job, "audio", out.pcm)
                 if out.finished:
-                    self._emit(job, "done")
+                    self._emit(job, "done", {"text_wait_s": getattr(out, "text_wait_s", 0.0)})
                     release(slot)
             self.active = len(active)
 

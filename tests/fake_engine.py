@@ -9,6 +9,7 @@ streamed PCM can be compared with `synthesize` exactly. `step_delay` simulates d
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import threading
@@ -78,6 +79,7 @@ class FakeBatchEngine:
         self.step_delay = step_delay
         self.owner = owner
         self._slots: dict[int, list] = {}  # slot -> [request, frames_done, total]
+        self._open: dict[int, tuple] = {}  # slot -> (request, text pieces): a text still arriving
         self._thread: int | None = None
         self.steps = 0
         self.admit_log: list[tuple[int, str]] = []
@@ -98,8 +100,33 @@ class FakeBatchEngine:
         self._slots[slot] = [request, 0, _frames_for(request)]
         self.admit_log.append((slot, request.text))
 
+    # Streamed text, as the real engine takes it; the fake's tone depends on the whole text, so
+    # it speaks only once the text has ended (until then the slot waits).
+    def open(self, slot: int, request: GenerationRequest) -> None:
+        self._same_thread()
+        if not 0 <= slot < self.num_slots or slot in self._slots or slot in self._open:
+            raise ValueError(f"slot {slot} not free")
+        self._open[slot] = (request, [request.text])
+
+    def append_text(self, slot: int, text: str) -> None:
+        self._same_thread()
+        if slot not in self._open:
+            raise ValueError(f"slot {slot} has no open text")
+        self._open[slot][1].append(text)
+
+    def end_text(self, slot: int) -> None:
+        self._same_thread()
+        request, pieces = self._open.pop(slot)
+        self.admit(slot, dataclasses.replace(request, text="".join(pieces)))
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._open) and not self._slots
+
     def step(self) -> dict[int, SlotOutput]:
         self._same_thread()
+        if not self._slots:
+            return {}  # nothing, or only texts still arriving: no "device" step
         if self.step_delay:
             time.sleep(self.step_delay)
         self.steps += 1
@@ -117,9 +144,10 @@ class FakeBatchEngine:
     def release(self, slot: int) -> None:
         self._same_thread()
         self._slots.pop(slot, None)
+        self._open.pop(slot, None)
 
     def active_slots(self) -> list[int]:
-        return sorted(self._slots)
+        return sorted([*self._slots, *self._open])
 
 
 class FakeTTS:

@@ -1,0 +1,158 @@
+"""Streamed text over /api/v1/speak: `speak` with `textStream`, `appendText`, `endText`.
+
+The real engine on a tiny checkpoint: a streamed request's pcm32f equals, byte for byte, one
+`speak` of the whole text with the same seed, however the text was split and timed. The fake
+engine: the protocol's edges (no open request, endText twice, cancel while waiting, idle
+timeout, the text cap, a streamed request queued behind another).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from tests.fake_engine import FakeTTS
+from tests.server_harness import Client, arun, expected_pcm, running_server
+from tests.test_server_engine import real_loader, tts  # noqa: F401 - the module's tiny model fixture
+from tests.test_server_voices import wav_b64
+
+TEXT = "Hello there, this is a streamed test. The words arrive one by one, as an LLM writes them."
+
+
+def random_pieces(text: str, rng: random.Random) -> list[str]:
+    cuts = sorted(rng.sample(range(1, len(text)), rng.randint(3, 12)))
+    return [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+
+
+async def stream(c: Client, pieces: list[str], rng: random.Random | None = None, **speak) -> tuple[bytes, dict]:
+    """Send `pieces` as one streamed request (random small delays with `rng`); its PCM and end."""
+    await c.send(type="speak", textStream=True, text=pieces[0], **speak)
+    for piece in pieces[1:]:
+        if rng is not None:
+            await asyncio.sleep(rng.choice([0, 0, 0.005, 0.03]))
+        await c.send(type="appendText", text=piece)
+    await c.send(type="endText")
+    pcm, msg, _ = await c.collect()
+    return pcm, msg
+
+
+def test_streamed_pcm_equals_the_whole_texts_byte_for_byte(tmp_path, tts):  # noqa: F811
+    async def body():
+        async with running_server(tmp_path, loader=real_loader(tts, 2), batch_slots=2) as srv:
+            async with Client.open(srv) as c:
+                await c.send(type="registerVoice", voiceId="xv", audio=wav_b64(2.0))  # x-vector only
+                assert (await c.recv_json())["type"] == "voiceRegistered"
+                for voice in ("xv", "default"):  # x-vector, and the default ICL voice
+                    await c.start(encoding="pcm32f", language="English", voice=voice, seed=11)
+                    whole, done = await c.speak(TEXT, maxFrames=60)
+                    assert done["type"] == "complete" and len(whole) > 0
+                    for trial in range(2):
+                        rng = random.Random(trial)
+                        pcm, msg = await stream(c, random_pieces(TEXT, rng), rng, maxFrames=60)
+                        assert msg["type"] == "complete", msg
+                        assert pcm == whole, (voice, trial)
+                        assert msg["charactersProcessed"] == len(TEXT) and msg["textWaitMs"] >= 0
+    arun(body(), timeout=300)
+
+
+def test_the_worker_does_not_step_while_every_row_waits(tmp_path, tts):  # noqa: F811
+    async def body():
+        async with running_server(tmp_path, loader=real_loader(tts, 2), batch_slots=2) as srv:
+            async with Client.open(srv) as c:
+                await c.send(type="registerVoice", voiceId="xv", audio=wav_b64(2.0))
+                assert (await c.recv_json())["type"] == "voiceRegistered"
+                await c.start(encoding="pcm32f", language="English", voice="xv")
+                await c.send(type="speak", textStream=True, text="Hello there, this is", maxFrames=40)
+                engine = srv.backend.engine
+                for _ in range(600):  # it speaks what it has, then waits for more text
+                    if srv.worker.active == 1 and srv.worker.steps and engine.waiting:
+                        break
+                    await asyncio.sleep(0.1)
+                steps = srv.worker.steps
+                await asyncio.sleep(0.6)
+                assert srv.worker.steps == steps and srv.worker.active == 1
+                await c.send(type="appendText", text=" the rest of it.")
+                await c.send(type="endText")
+                pcm, msg, _ = await c.collect(timeout=60)
+                assert msg["type"] == "complete" and msg["textWaitMs"] >= 500
+                assert srv.worker.steps > steps
+    arun(body(), timeout=300)
+
+
+def test_protocol_edges(tmp_path):
+    async def body():
+        async with running_server(tmp_path, FakeTTS(step_delay=0.002), text_idle_timeout_s=0.3,
+                                  max_streamed_text_chars=60) as srv:
+            async with Client.open(srv) as c:
+                await c.start(encoding="pcm32f")
+                # appendText / endText with nothing open: BAD_REQUEST, the session goes on.
+                for msg in ({"type": "appendText", "text": "x"}, {"type": "endText"}):
+                    await c.send(**msg)
+                    err = await c.recv_json()
+                    assert err["type"] == "error" and err["code"] == "BAD_REQUEST"
+                # A streamed request equals the whole text's speak; endText twice is BAD_REQUEST.
+                pcm, done = await stream(c, ["Split ", "in three", " pieces."], maxFrames=6, requestId="s1")
+                assert done["requestId"] == "s1" and pcm == expected_pcm(srv, "Split in three pieces.",
+                                                                         max_new_frames=6)
+                await c.send(type="endText")
+                assert (await c.recv_json())["code"] == "BAD_REQUEST"
+                # Two open at once: refused.
+                await c.send(type="speak", textStream=True, text="", requestId="a")
+                await c.send(type="speak", textStream=True, text="", requestId="b")
+                err = await c.recv_json()
+                assert (err["code"], err["requestId"]) == ("BAD_REQUEST", "b")
+                # Cancel while it waits for text: complete(cancelled), the slot is free again.
+                await c.send(type="appendText", text="Waiting for")
+                await c.send(type="cancel")
+                msg = await c.recv_json()
+                assert msg["type"] == "complete" and msg["cancelled"] and msg["requestId"] == "a"
+                await asyncio.sleep(0.05)
+                assert srv.worker.active == 0
+                # No text for text_idle_timeout_s: TIMEOUT.
+                await c.send(type="speak", textStream=True, text="Then", requestId="idle")
+                err = await c.recv_json(timeout=5)
+                assert (err["type"], err["code"], err["requestId"]) == ("error", "TIMEOUT", "idle")
+                # More than max_streamed_text_chars in all: INVALID_TEXT.
+                await c.send(type="speak", textStream=True, text="x" * 40, requestId="big")
+                await c.send(type="appendText", text="y" * 40)
+                err = await c.recv_json()
+                assert (err["code"], err["requestId"]) == ("INVALID_TEXT", "big")
+                # A streamed text with no words: INVALID_TEXT at its end.
+                await c.send(type="speak", textStream=True, text="  ", requestId="blank")
+                await c.send(type="endText")
+                err = await c.recv_json()
+                assert (err["code"], err["requestId"]) == ("INVALID_TEXT", "blank")
+                # Still usable.
+                pcm, done = await c.speak("Still here.", maxFrames=3)
+                assert done["type"] == "complete" and pcm == expected_pcm(srv, "Still here.", max_new_frames=3)
+    arun(body())
+
+
+def test_a_streamed_request_queued_behind_another_keeps_its_text(tmp_path):
+    async def body():
+        async with running_server(tmp_path, FakeTTS(step_delay=0.01)) as srv:
+            async with Client.open(srv) as c:
+                await c.start(encoding="pcm32f")
+                await c.send(type="speak", text="First, a whole text.", maxFrames=20, requestId="one")
+                await c.send(type="speak", textStream=True, text="Then a ", maxFrames=5, requestId="two")
+                await c.send(type="appendText", text="streamed one.")
+                await c.send(type="endText")
+                first, done1, _ = await c.collect()
+                second, done2, _ = await c.collect()
+                assert (done1["requestId"], done2["requestId"]) == ("one", "two")
+                assert second == expected_pcm(srv, "Then a streamed one.", max_new_frames=5)
+    arun(body())
+
+
+@pytest.mark.parametrize("bad", [{"type": "appendText"}, {"type": "appendText", "text": 3},
+                                 {"type": "speak", "textStream": "yes", "text": "x"}])
+def test_malformed_stream_messages(tmp_path, bad):
+    async def body():
+        async with running_server(tmp_path) as srv:
+            async with Client.open(srv) as c:
+                await c.send(**bad)
+                err = await c.recv_json()
+                assert err["type"] == "error" and err["code"] == "BAD_REQUEST"
+    arun(body())
