@@ -76,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="concurrent streams on the device (default 16; an idle slot costs no compute: "
                         "each step computes only as many rows as are busy, rounded up to a power of two)")
     p.add_argument("--max-text-chars", type=int, default=d.max_text_chars)
+    p.add_argument("--max-streamed-text-chars", type=int, default=d.max_streamed_text_chars,
+                   help="all the text of one streamed request (speak with textStream)")
+    p.add_argument("--text-idle-timeout", type=float, default=d.text_idle_timeout_s, metavar="SECONDS",
+                   help="an open streamed request with no appendText for this long fails with TIMEOUT")
     p.add_argument("--max-queued", type=int, default=d.max_queued_per_session,
                    help="queued speak requests per session")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, metavar="SECONDS")
@@ -107,6 +111,7 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
     return ServerConfig(host=a.host, port=a.port, voices_dir=a.voices_dir, auth_token=token,
                         max_sessions=a.max_sessions, batch_slots=a.batch_slots or default_batch_slots(),
                         max_text_chars=a.max_text_chars, max_queued_per_session=a.max_queued,
+                        max_streamed_text_chars=a.max_streamed_text_chars, text_idle_timeout_s=a.text_idle_timeout,
                         request_timeout_s=a.request_timeout, max_message_bytes=a.max_message_bytes,
                         max_send_buffer_bytes=a.max_send_buffer, shutdown_grace_s=a.shutdown_grace,
                         warmup=not a.no_warmup, http_port=None if a.no_http else a.http_port,
