@@ -18,10 +18,11 @@ $(VENV)/.runtime: pyproject.toml
 # qwen-tts and torchaudio come last with --no-deps: their declared requirements would pull
 # gradio and a CUDA torch. torchaudio's compiled extensions need CUDA libraries; removing
 # them leaves its pure-Python parts, which is all the reference's 12 Hz path imports.
-# The browser test drives Debian's chromium (no other browser can be downloaded here).
+# The browser test drives Debian's chromium (no other browser can be downloaded here); the
+# balancer test runs Debian's nginx in front of two server replicas.
 $(VENV)/.test: $(VENV)/.runtime
-	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v nginx >/dev/null || \
+		(apt-get update -q && apt-get install -y -q chromium chromium-driver nginx)
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[test]'
 	$(PIP) --no-deps qwen-tts==0.1.1 torchaudio==2.11.0

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16"
                  "model type never runs)", cfg.tts_model_type, left, sorted(skipped))
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    # pid + uuid: unique across containers sharing a cache (the server is PID 1 in each)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()

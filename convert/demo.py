@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,8 @@ def build_random_checkpoint(dst: str | os.PathLike, main: dict, tok: dict, seed:
 
     dst = Path(dst)
     tensors = to_source_tensors(random_params(Qwen3TTSConfig.from_hf_config(main, tok), seed))
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
+    # pid + uuid: unique across containers sharing a cache (the server is PID 1 in each)
+    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "speech_tokenizer").mkdir(parents=True)
     try:

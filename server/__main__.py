@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="converted or raw HF checkpoint folder, or a hub id "
                         "(default: the embedded random-weight demo checkpoint)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--devices", default=None, metavar="N|all",
+                   help="one engine (and --batch-slots slots) on each of the first N local devices, or all of "
+                        "them; requests go to the least-loaded one (default: JAX's default device only)")
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port, help="0 picks a free port")
     p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
@@ -115,7 +118,21 @@ def config_from_args(a: argparse.Namespace) -> ServerConfig:
                         request_timeout_s=a.request_timeout, max_message_bytes=a.max_message_bytes,
                         max_send_buffer_bytes=a.max_send_buffer, shutdown_grace_s=a.shutdown_grace,
                         warmup=not a.no_warmup, http_port=None if a.no_http else a.http_port,
-                        public_listings=a.public_listings, wyoming_port=a.wyoming_port)
+                        public_listings=a.public_listings, wyoming_port=a.wyoming_port,
+                        devices=resolve_devices(a.devices))
+
+
+def resolve_devices(value: str | None) -> int | None:
+    """--devices: None (JAX's default device), N, or "all" local devices."""
+    if value is None:
+        return None
+    import jax
+
+    available = len(jax.devices())
+    n = available if value == "all" else int(value) if value.isdigit() else 0
+    if not 1 <= n <= available:
+        raise SystemExit(f"--devices {value}: give a count from 1 to {available} (the local devices), or 'all'")
+    return n
 
 
 async def serve_forever(server: TTSServer) -> int:
@@ -176,13 +193,24 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"no --model given and the demo checkpoint builder is unavailable ({exc}); "
                              "pass --model DIR or a hub id") from None
 
-    def loader():
+    def loader(device: int | None = None):  # on the device worker's thread, under its device
         from .backend import load_backend
 
         return load_backend(args.model, args.dtype, cfg.batch_slots)
 
-    server = TTSServer(cfg, loader, model_name=args.model or "demo (random weights)")
-    sys.exit(asyncio.run(serve_forever(server)))
+    run(TTSServer(cfg, loader, model_name=args.model or "demo (random weights)"))
+
+
+def run(server: TTSServer) -> None:
+    """Serve until a signal or a failed load, then exit with `serve_forever`'s status."""
+    status = asyncio.run(serve_forever(server))
+    if any(t.is_alive() for t in server.worker_threads()):
+        # A device worker still inside a load or a compile (it is not waited for): exiting
+        # normally would tear the interpreter down under it, which XLA answers with an abort.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ One asyncio loop serves every connection; the model lives on the device worker t
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import itertools
 import json
 import logging
 import secrets
+import threading
 import time
 from http import HTTPStatus
 from urllib.parse import urlsplit
@@ -37,13 +39,18 @@ from .wyoming import WyomingServer
 log = logging.getLogger("qwen3tts.server")
 
 class TTSServer:
+    """`loader()` builds the Backend (on the worker thread). With `cfg.devices` set, one device
+    worker per device calls `loader(device)` (the index into `jax.devices()`) under that device
+    as its default: data-parallel slots, each request placed on the least-loaded device."""
+
     def __init__(self, cfg: ServerConfig, loader, model_name: str = "?"):
         self.cfg = cfg
         self.model_name = model_name
         self._loader = loader
         self.voices = VoiceStore(cfg.voices_dir, cache_size=cfg.prompt_cache_size)
         self.sessions: dict[str, Session] = {}
-        self.worker: DeviceWorker | None = None
+        self.workers: list[DeviceWorker] = []
+        self._load_lock = threading.Lock()
         self._server: Server | None = None
         self._ids = itertools.count(1)
         self.shutting_down = False
@@ -53,16 +60,32 @@ class TTSServer:
         self.wyoming: WyomingServer | None = None
         self.metrics = ServerMetrics()
         self.metrics.read_gauges(
-            active_slots=lambda: self.worker.active if self.worker else 0,
-            queued_requests=lambda: self.worker.pending if self.worker else 0,
-            batch_slots=lambda: cfg.batch_slots,
+            batch_slots=lambda: cfg.batch_slots * max(1, len(self.workers)),
             sessions=lambda: len(self.sessions),
             model_ready=lambda: float(self.backend is not None and not self.shutting_down))
 
     # -- properties used by sessions ---------------------------------------------------------
     @property
+    def worker(self) -> DeviceWorker | None:
+        """The first device's worker: voice prompts are computed there (they are numpy, used on
+        every device)."""
+        return self.workers[0] if self.workers else None
+
+    @property
     def backend(self) -> Backend | None:
-        return self.worker.backend if self.worker and self.worker.state == "ready" else None
+        """The loaded model (the first device's), once every device's worker serves."""
+        if not self.workers or any(w.state != "ready" for w in self.workers):
+            return None
+        return self.worker.backend
+
+    def worker_threads(self) -> list[threading.Thread]:
+        return [w.thread for w in self.workers]
+
+    def _least_loaded(self) -> DeviceWorker:
+        ready = [w for w in self.workers if w.state == "ready"]
+        if not ready:
+            raise WorkerStopped(self.worker.state if self.worker else "starting")
+        return min(ready, key=lambda w: (w.load, w.index))
 
     @property
     def languages(self) -> list[str]:
@@ -73,8 +96,9 @@ class TTSServer:
         """(code, message) while the model cannot take requests (loading or failed), else None."""
         if self.backend is not None:
             return None
-        if self.worker is not None and self.worker.state == "failed":
-            return "SYNTHESIS_ERROR", f"model failed to load: {self.worker.error}"
+        failed = [w for w in self.workers if w.state == "failed"]
+        if failed:
+            return "SYNTHESIS_ERROR", f"model failed to load: {failed[0].error}"
         return "MODEL_LOADING", "the model is still loading; retry shortly"
 
     def default_voice(self) -> str | None:
@@ -123,20 +147,20 @@ class TTSServer:
         return await self.voices.register(msg, self.worker, self.languages)
 
     def submit(self, job: Job) -> None:
-        """Queue a job on the device worker (queue.Full when saturated, WorkerStopped when down)."""
-        if self.worker is None:
-            raise WorkerStopped("starting")
-        self.worker.submit(job)
+        """Queue a job on the least-loaded device (queue.Full when saturated, WorkerStopped when down)."""
+        worker = self._least_loaded()
+        worker.submit(job)
+        job.worker = worker
 
     def cancel(self, job: Job) -> None:
-        if self.worker is not None:
-            self.worker.cancel(job)
+        if job.worker is not None:
+            job.worker.cancel(job)
 
     def append_text(self, job: Job, text: str | None) -> None:
         """More of a streamed job's text (None: its end); queue.Full when the worker is saturated."""
-        if self.worker is None:
-            raise WorkerStopped("starting")
-        self.worker.end_text(job) if text is None else self.worker.append_text(job, text)
+        if job.worker is None:
+            raise WorkerStopped("not submitted")
+        job.worker.end_text(job) if text is None else job.worker.append_text(job, text)
 
     def check_token(self, presented: str | None) -> bool:
         if self.cfg.auth_token is None:
@@ -158,9 +182,16 @@ class TTSServer:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.worker = DeviceWorker(self._load_and_warm, loop, self.cfg.batch_slots,
-                                   max_commands=4 * self.cfg.max_sessions + 64, on_step=self.metrics.step)
-        self.worker.start()
+        devices = [None] if self.cfg.devices is None else list(range(self.cfg.devices))
+        for i, device in enumerate(devices):
+            worker = DeviceWorker(functools.partial(self._load_and_warm, device), loop, self.cfg.batch_slots,
+                                  max_commands=4 * self.cfg.max_sessions + 64, name=f"device-worker-{i}",
+                                  on_step=functools.partial(self.metrics.step, device=str(i)), device=device,
+                                  index=i)
+            self.metrics.read_device(str(i), active_slots=lambda w=worker: w.active,
+                                     queued_requests=lambda w=worker: w.pending)
+            self.workers.append(worker)
+            worker.start()
         self._server = await serve(
             self._handle, self.cfg.host, self.cfg.port,
             process_request=self._process_request,
@@ -184,11 +215,12 @@ class TTSServer:
             await self.wyoming.start(self.cfg.host, self.cfg.wyoming_port)
         loop.create_task(self._after_load())
 
-    def _load_and_warm(self) -> Backend:
+    def _load_and_warm(self, device: int | None = None) -> Backend:
         """Worker-thread body before serving: load, compute the default voice prompt, compile."""
         t0 = time.perf_counter()
-        backend = self._loader()
-        log.info(json.dumps({"event": "model_loaded", "model": self.model_name,
+        with self._load_lock:  # one load at a time: devices share the demo build and the conversion cache
+            backend = self._loader() if device is None else self._loader(device)
+        log.info(json.dumps({"event": "model_loaded", "model": self.model_name, "device": device,
                              "seconds": round(time.perf_counter() - t0, 2), "demo": backend.is_demo,
                              "slots": self.cfg.batch_slots, "sampleRate": backend.sample_rate}))
         if backend.is_demo:
@@ -213,7 +245,7 @@ class TTSServer:
         return backend
 
     async def _after_load(self) -> None:
-        ok = await self.worker.loaded
+        ok = all(await asyncio.gather(*(w.loaded for w in self.workers)))
         if ok and self._warm is not None:
             self.voices.remember(self._warm[0], self.worker.backend, self._warm[1])
             self._warm = None
@@ -237,8 +269,7 @@ class TTSServer:
                 await asyncio.wait_for(self._server.wait_closed(), 5)
             except TimeoutError:
                 pass
-        if self.worker is not None:
-            await asyncio.to_thread(self.worker.stop)
+        await asyncio.gather(*(asyncio.to_thread(w.stop) for w in self.workers))
         log.info(json.dumps({"event": "shutdown_done"}))
 
     # -- HTTP --------------------------------------------------------------------------------
@@ -274,17 +305,24 @@ class TTSServer:
 
     def health(self) -> dict:
         w = self.worker
+        states = {x.state for x in self.workers}
         status = "shutting_down" if self.shutting_down else (
-            "ok" if self.backend else (w.state if w else "starting"))
+            "ok" if self.backend else "failed" if "failed" in states else "loading" if w else "starting")
         out = {"status": status, "model": self.model_name, "sessions": len(self.sessions),
                "maxSessions": self.cfg.max_sessions, "batchSlots": self.cfg.batch_slots,
                "uptimeS": round(time.time() - self.started_at, 1)}
         if w is not None:
-            out.update(activeSlots=w.active, pendingRequests=w.pending, steps=w.steps,
-                       stepSeconds=round(w.step_seconds, 4), admits=w.admits,
-                       admitSeconds=round(w.admit_seconds, 4))
-            if w.error:
-                out["error"] = w.error
+            devices = [{"device": x.index, "placement": x.placement, "state": x.state, "activeSlots": x.active,
+                        "pendingRequests": x.pending, "steps": x.steps, "stepSeconds": round(x.step_seconds, 4),
+                        "admits": x.admits, "admitSeconds": round(x.admit_seconds, 4)} for x in self.workers]
+            out.update({k: sum(d[k] for d in devices) for k in ("activeSlots", "pendingRequests", "steps",
+                                                                 "stepSeconds", "admits", "admitSeconds")})
+            out["stepSeconds"] = round(out["stepSeconds"], 4)
+            out["admitSeconds"] = round(out["admitSeconds"], 4)
+            out["devices"] = devices
+            errors = [x.error for x in self.workers if x.error]
+            if errors:
+                out["error"] = errors[0]
         if self.backend is not None:
             out["demoWeights"] = self.backend.is_demo
         return out

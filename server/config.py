@@ -33,6 +33,7 @@ class ServerConfig:
     http_port: int | None = None  # the OpenAI-compatible HTTP API (None: off; 0: a free port); CLI default 8000
     public_listings: bool = False  # GET /v1/audio/voices and /v1/models without the token (Open WebUI)
     wyoming_port: int | None = None  # Home Assistant's Wyoming TTS (None: off)
+    devices: int | None = None  # one engine on each of the first N of jax.devices(); None: JAX's default device
 
 
 DEFAULT_HTTP_PORT = 8000  # vLLM's, Speaches', faster-qwen3-tts's

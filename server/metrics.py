@@ -30,12 +30,14 @@ class ServerMetrics:
                                       registry=r)
         self._audio = Counter("qwen3tts_audio_seconds", "Seconds of audio made", ["interface"], registry=r)
         self._steps = Histogram("qwen3tts_step_seconds", "Device time of one decode step (every active row "
-                                "advances one frame)", buckets=STEP_BUCKETS, registry=r)
+                                "advances one frame)", ["device"], buckets=STEP_BUCKETS, registry=r)
+        self._device_gauges = {
+            name: Gauge(name, doc, ["device"], registry=r) for name, doc in (
+                ("qwen3tts_active_slots", "Device slots generating now"),
+                ("qwen3tts_queued_requests", "Requests waiting for a device slot"))}
         self._gauges = {
             name: Gauge(name, doc, registry=r) for name, doc in (
-                ("qwen3tts_active_slots", "Device slots generating now"),
-                ("qwen3tts_queued_requests", "Requests waiting for a device slot"),
-                ("qwen3tts_batch_slots", "Device slots in all"),
+                ("qwen3tts_batch_slots", "Device slots in all, every device"),
                 ("qwen3tts_sessions", "Open WebSocket sessions"),
                 ("qwen3tts_model_ready", "1 when the model is loaded and serving"),
             )}
@@ -44,6 +46,11 @@ class ServerMetrics:
         """Gauges read at scrape time: name (without the `qwen3tts_` prefix) -> reader."""
         for name, fn in readers.items():
             self._gauges[f"qwen3tts_{name}"].set_function(fn)
+
+    def read_device(self, device: str, **readers: Callable[[], float]) -> None:
+        """Per-device gauges read at scrape time (`active_slots`, `queued_requests`)."""
+        for name, fn in readers.items():
+            self._device_gauges[f"qwen3tts_{name}"].labels(device).set_function(fn)
 
     def request_done(self, interface: str, outcome: str) -> None:
         self._requests.labels(interface, outcome).inc()
@@ -57,8 +64,8 @@ class ServerMetrics:
     def audio(self, interface: str, seconds: float) -> None:
         self._audio.labels(interface).inc(seconds)
 
-    def step(self, seconds: float) -> None:
-        self._steps.observe(seconds)
+    def step(self, seconds: float, device: str = "0") -> None:
+        self._steps.labels(device).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -53,6 +53,8 @@ class Job:
         self.pieces: list[str] = []
         self.text_ended = False
         self.cancel_requested = False
+        self.left = False  # it has left its worker (done, failed or dropped): counted once
+        self.worker: DeviceWorker | None = None  # where it was submitted (set by the server)
         self.slot: int | None = None
         self.submitted_at = time.monotonic()
         self.admitted_at: float | None = None
@@ -65,13 +67,16 @@ class WorkerStopped(RuntimeError):
 class DeviceWorker:
     def __init__(self, loader: Callable[[], Backend], loop: asyncio.AbstractEventLoop,
                  num_slots: int, max_commands: int = 1024, name: str = "device-worker",
-                 on_step: Callable[[float], None] | None = None):
+                 on_step: Callable[[float], None] | None = None, device: int | None = None, index: int = 0):
         self._loader = loader
+        self.device = device  # index into jax.devices(), the thread's default device; None: JAX's default
+        self.index = index
+        self.placement: str | None = None  # where its engine's arrays live, once loaded
         self._on_step = on_step  # step seconds, for the metrics (called on this thread)
         self._loop = loop
         self.num_slots = num_slots
         self._commands: queue.Queue = queue.Queue(maxsize=max_commands)
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.backend: Backend | None = None
         self.state = "loading"  # loading -> ready -> stopped | failed
         self.error: str | None = None
@@ -84,16 +89,31 @@ class DeviceWorker:
         self.step_seconds = 0.0
         self.admits = 0
         self.admit_seconds = 0.0  # prefill time: every active stream waits for it
+        # Jobs handed in (on the loop) and jobs that have left (on this thread): their difference
+        # is the load the server balances devices on, exact at any moment.
+        self.submitted = 0
+        self.finished = 0
 
     # -- asyncio side ---------------------------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        self.thread.start()
 
     def submit(self, job: Job) -> None:
         """Queue a job for admission; raises queue.Full when the worker is saturated."""
         if self.state != "ready":
             raise WorkerStopped(self.state)
         self._commands.put_nowait(("submit", job))
+        self.submitted += 1
+
+    @property
+    def load(self) -> int:
+        """Jobs submitted here that have not left yet (running or waiting for a slot)."""
+        return self.submitted - self.finished
+
+    def _left(self, job: Job) -> None:
+        if not job.left:
+            job.left = True
+            self.finished += 1
 
     def append_text(self, job: Job, text: str) -> None:
         """More text for a streamed job (in order); raises queue.Full when the worker is saturated."""
@@ -141,8 +161,8 @@ class DeviceWorker:
             self._commands.put(("stop", None), timeout=1.0)
         except queue.Full:
             pass
-        if self._thread.is_alive() and self.state != "loading":  # a load in progress is not waited for
-            self._thread.join(timeout)
+        if self.thread.is_alive() and self.state != "loading":  # a load in progress is not waited for
+            self.thread.join(timeout)
 
     # -- worker thread --------------------------------------------------------------------
     def _post(self, fn: Callable, *args) -> None:
@@ -155,6 +175,14 @@ class DeviceWorker:
         self._post(job.sink, kind, payload)
 
     def _run(self) -> None:
+        if self.device is None:
+            return self._run_on_device()
+        import jax  # only for explicit devices: the thread's arrays and steps live on its device
+
+        with jax.default_device(jax.devices()[self.device]):
+            self._run_on_device()
+
+    def _run_on_device(self) -> None:
         try:
             backend = self._loader()
         except Exception as exc:  # noqa: BLE001 - reported to every client as MODEL_LOADING
@@ -166,6 +194,7 @@ class DeviceWorker:
             self._fail_commands()
             return
         self.backend = backend
+        self.placement = _placement(backend)
         self.state = "ready"
         self._post(_set_result, self.loaded, True)
         try:
@@ -183,6 +212,7 @@ class DeviceWorker:
             if kind == "call":
                 self._post(_set_exception, arg[1], WorkerStopped(self.state))
             elif kind == "submit":
+                self._left(arg)
                 self._emit(arg, "error", ("SYNTHESIS_ERROR", "server is shutting down"))
 
     def _serve(self, backend: Backend) -> None:
@@ -213,7 +243,9 @@ class DeviceWorker:
                 engine.end_text(slot)
 
         def release(slot: int) -> None:
-            active.pop(slot, None)
+            job = active.pop(slot, None)
+            if job is not None:
+                self._left(job)
             try:
                 engine.release(slot)
             except Exception as exc:  # noqa: BLE001 - a release must never kill the worker
@@ -265,6 +297,9 @@ class DeviceWorker:
                     release(slot)
             for q in pending.values():
                 if any(j.cancel_requested for j in q):
+                    for j in q:
+                        if j.cancel_requested:
+                            self._left(j)
                     kept = [j for j in q if not j.cancel_requested]
                     q.clear()
                     q.extend(kept)
@@ -278,12 +313,14 @@ class DeviceWorker:
                     open_stream(slot, job) if job.text_open else engine.admit(slot, job.request)
                 except ValueError as exc:
                     release(slot)
+                    self._left(job)
                     self._emit(job, "error", ("INVALID_TEXT", str(exc)))
                     continue
                 except Exception as exc:  # noqa: BLE001
                     log.error(json.dumps({"event": "admit_failed", "job": job.label,
                                           "error": repr(exc)}))
                     release(slot)
+                    self._left(job)
                     self._emit(job, "error", ("SYNTHESIS_ERROR", f"{type(exc).__name__}: {exc}"))
                     continue
                 self.admits += 1
@@ -332,6 +369,14 @@ class DeviceWorker:
                     self._emit(job, "done", {"text_wait_s": getattr(out, "text_wait_s", 0.0)})
                     release(slot)
             self.active = len(active)
+
+
+def _placement(backend: Backend) -> str | None:
+    """The device of the engine's state (None for engines without JAX arrays: test doubles)."""
+    state = getattr(backend.engine, "state", None)
+    length = getattr(state, "length", None)
+    devices = getattr(length, "devices", None)
+    return ",".join(sorted(str(d) for d in devices())) if devices else None
 
 
 def _set_result(fut: asyncio.Future, value: Any) -> None:
