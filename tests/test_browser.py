@@ -22,6 +22,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.fake_engine import FRAME, SAMPLE_RATE, FakeTTS
@@ -117,6 +118,31 @@ def open_page(d, srv) -> None:
     wait_for(d, "return document.querySelectorAll('#language option').length > 1", "the language list")
 
 
+def streamed_pcm(srv, text: str) -> bytes:
+    """The pcm16 of a streamed (textStream) request: its length is not known when it opens, so
+    the server gives it the whole MAX_AUDIO_S budget."""
+    return expected_pcm(srv, text, encoding="pcm16", max_new_frames=int(MAX_AUDIO_S * SAMPLE_RATE / FRAME))
+
+
+def downloaded_wav(d) -> bytes:
+    """The bytes behind the page's "Download WAV" link."""
+    wav_b64 = d.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch(document.getElementById('download').href).then((r) => r.arrayBuffer()).then((buf) => {
+          let s = ''; const b = new Uint8Array(buf);
+          for (let i = 0; i < b.length; i++) s += String.fromCharCode(b[i]);
+          done(btoa(s));
+        }).catch((e) => done('ERROR ' + e));""")
+    return base64.b64decode(wav_b64)
+
+
+def severe_logs(d) -> list:
+    return [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+
+
+PLAYED = "const s = window.__stats; return s.state === 'done' && s.samplesPlayed >= s.samplesAnnounced"
+
+
 def speak(d, text: str) -> None:
     box = d.find_element(By.ID, "text")
     box.clear()
@@ -154,14 +180,7 @@ def test_page_speaks_plays_and_offers_the_wav(tmp_path, driver):
 
         link = driver.find_element(By.ID, "download")
         assert link.is_displayed() and link.text == "Download WAV"
-        wav_b64 = driver.execute_async_script("""
-            const done = arguments[arguments.length - 1];
-            fetch(document.getElementById('download').href).then((r) => r.arrayBuffer()).then((buf) => {
-              let s = ''; const b = new Uint8Array(buf);
-              for (let i = 0; i < b.length; i++) s += String.fromCharCode(b[i]);
-              done(btoa(s));
-            }).catch((e) => done('ERROR ' + e));""")
-        wav = base64.b64decode(wav_b64)
+        wav = downloaded_wav(driver)
         assert len(wav) == 44 + 2 * n
         assert wav[:4] == b"RIFF" and wav[8:16] == b"WAVEfmt " and wav[36:40] == b"data"
         assert int.from_bytes(wav[24:28], "little") == 24000
@@ -214,3 +233,88 @@ def test_page_shows_the_servers_error(tmp_path, driver):
                  "the next utterance")
         assert stats(driver)["samplesReceived"] == len(page_pcm(srv, "Short one.")) // 2
         assert not driver.find_element(By.ID, "error").is_displayed()
+
+
+def type_mode_on(d):
+    """Tick "Speak as I type" and empty the box; returns the text box."""
+    box = d.find_element(By.ID, "text")
+    assert not d.find_element(By.ID, "type-mode").is_selected()  # the whole-text mode is the default
+    d.find_element(By.ID, "type-mode").click()
+    assert d.find_element(By.ID, "type-hint").is_displayed()
+    box.clear()
+    return box
+
+
+def test_speak_as_i_type_streams_the_text(tmp_path, driver):
+    bursts = ["Typed ", "in a few", " bursts, with", " pauses."]
+    text = "".join(bursts)
+    with server_thread(tmp_path, max_audio_seconds=MAX_AUDIO_S) as srv:
+        t0 = time.monotonic()
+        open_page(driver, srv)
+        box = type_mode_on(driver)
+        for burst in bursts:
+            box.send_keys(burst)  # one key event per character
+            time.sleep(0.4)  # past the page's 150 ms debounce: each burst's tail goes out on its own
+        s = stats(driver)
+        # The request is open and has its text so far; the fake engine speaks only after endText.
+        assert s["state"] == "speaking" and s["textStream"] is True and s["samplesReceived"] == 0, s
+        assert s["piecesSent"] >= len(bursts), s
+        pieces = s["piecesSent"]
+        box.send_keys(Keys.ENTER)  # endText
+        wait_for(driver, PLAYED, "the streamed utterance to finish playing")
+        s = stats(driver)
+        want = streamed_pcm(srv, text)  # the tone of the concatenated text: the pieces arrived whole, in order
+        n = len(want) // 2
+        assert n > 0
+        assert s["samplesReceived"] == s["samplesAnnounced"] == s["samplesPlayed"] == n, s
+        assert s["requestsDone"] == 1 and s["error"] is None, s
+        assert s["textStream"] is True and s["piecesSent"] == pieces >= 2, s  # Enter sent no new text
+        assert isinstance(s["textWaitMs"], (int, float)) and s["textWaitMs"] >= 0, s
+        assert box.get_attribute("value") == text  # Enter ended the text instead of typing a newline
+        assert downloaded_wav(driver)[44:] == want
+        assert not driver.find_element(By.ID, "type-note").is_displayed()
+        assert not severe_logs(driver)
+        assert time.monotonic() - t0 < 30
+
+
+def test_speak_as_i_type_ignores_edits_of_sent_text_and_stops(tmp_path, driver):
+    with server_thread(tmp_path, max_audio_seconds=MAX_AUDIO_S) as srv:
+        open_page(driver, srv)
+        box = type_mode_on(driver)
+        box.send_keys("Hello world")
+        wait_for(driver, "return window.__stats.piecesSent >= 2", "the pieces")
+        time.sleep(0.3)
+        note = driver.find_element(By.ID, "type-note")
+        assert not note.is_displayed()
+        # An edit before the end: not spoken, the notice says so; nor is what is typed after it.
+        box.send_keys(Keys.HOME, "Oh, ", Keys.END, " again.")
+        wait_for(driver, "return !document.getElementById('type-note').classList.contains('hidden')", "the notice")
+        time.sleep(0.3)
+        pieces = stats(driver)["piecesSent"]
+        box.send_keys(Keys.ENTER)
+        wait_for(driver, PLAYED, "the streamed utterance")
+        s = stats(driver)
+        want = streamed_pcm(srv, "Hello world")  # every streamed request has the same length: the tone tells
+        assert s["samplesReceived"] == s["samplesAnnounced"] == len(want) // 2, s
+        assert downloaded_wav(driver)[44:] == want
+        assert s["piecesSent"] == pieces and s["error"] is None, s
+        assert not note.is_displayed()
+
+        # The next keystroke starts from the box as it is (it no longer begins with what was spoken);
+        # Stop cancels the open request.
+        box.send_keys(" More")
+        wait_for(driver, "const s = window.__stats; return s.state === 'speaking' && s.piecesSent >= 1",
+                 "the next streamed request")
+        driver.find_element(By.ID, "stop").click()
+        wait_for(driver, "return window.__stats.state === 'stopped'", "the cancelled complete")
+        s = stats(driver)
+        assert s["requestsDone"] == 1 and s["samplesReceived"] == 0 and s["error"] is None, s
+
+        # After Stop only what is typed next is spoken: a new request with just that text.
+        box.send_keys(" Last words.")
+        box.send_keys(Keys.ENTER)
+        wait_for(driver, PLAYED, "the last streamed utterance")
+        want = streamed_pcm(srv, " Last words.")
+        assert stats(driver)["samplesReceived"] == len(want) // 2
+        assert downloaded_wav(driver)[44:] == want
+        assert not severe_logs(driver)
