@@ -49,6 +49,15 @@ from qwen3tts_jax.text_stream import TextStream
 from qwen3tts_jax.voice import VoicePrompt
 
 
+class SlotError(RuntimeError):
+    """A step failed because of these slots alone (their state, their request): a caller can
+    end just them and go on stepping the others."""
+
+    def __init__(self, slots: list[int], message: str):
+        super().__init__(message)
+        self.slots = list(slots)
+
+
 @dataclasses.dataclass
 class SlotOutput:
     pcm: np.ndarray    # float32 samples that became final this step (may be empty)
@@ -129,6 +138,7 @@ class BatchEngine:
         self.sample_rate = sample_rate
         self.samples_per_frame = codec_decoder.cfg.samples_per_frame
         self.stream_audio = stream_audio
+        self._codec_decoder = codec_decoder
         self.decoder = StreamingDecoder(codec_decoder, num_slots) if stream_audio else None
         self._slots: dict[int, _Slot] = {}  # prefilled: each has a row
         self._opening: dict[int, _Slot] = {}  # open texts whose prompt still needs text
@@ -308,6 +318,18 @@ class BatchEngine:
                 _, self.decoder.state = self.decoder.step(self.decoder.state, codes, np.zeros(rows, np.int32))
             if self.num_slots > 1:
                 self.decoder.state = self.decoder.move_row(self.decoder.state, 1, 0)
+
+    def reset(self) -> None:
+        """Drop every slot and start from fresh device state: after a step that failed midway
+        (its donated buffers may be gone), the engine is usable again."""
+        self._slots.clear()
+        self._opening.clear()
+        self._rows.clear()
+        full = self.parts.for_rows(self.num_slots)
+        self.state = generation.empty_state(self.num_slots, self.max_seq_len, self.max_text_tokens,
+                                            self.prompts.config.talker, full.dtype)
+        if self.decoder is not None:
+            self.decoder = StreamingDecoder(self._codec_decoder, self.num_slots)
 
     def release(self, slot: int) -> None:
         """Free `slot` now; whatever it was generating is dropped."""

@@ -344,12 +344,17 @@ class DeviceWorker:
             t0 = time.perf_counter()
             try:
                 outputs = engine.step()
-            except Exception as exc:  # noqa: BLE001 - every running request fails, the worker lives
-                log.error(json.dumps({"event": "step_failed", "error": repr(exc)}))
+            except Exception as exc:  # noqa: BLE001 - the worker lives on
+                slots = getattr(exc, "slots", None)  # engine.SlotError: the failure is these slots' alone
+                culprits = [slot for slot in (slots if slots is not None else list(active)) if slot in active]
+                log.error(json.dumps({"event": "step_failed", "error": repr(exc), "slots": culprits,
+                                      "jobs": [active[slot].label for slot in culprits]}))
                 log.debug(traceback.format_exc())
-                for slot, job in list(active.items()):
-                    self._emit(job, "error", ("SYNTHESIS_ERROR", f"{type(exc).__name__}: {exc}"))
+                for slot in culprits:
+                    self._emit(active[slot], "error", ("SYNTHESIS_ERROR", f"{type(exc).__name__}: {exc}"))
                     release(slot)
+                if slots is None and hasattr(engine, "reset"):
+                    engine.reset()  # a step that failed midway may have consumed its device state
                 continue
             seconds = time.perf_counter() - t0
             self.step_seconds += seconds

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 
 # The real request and output types: the double fakes the model, not the contract.
-from qwen3tts_jax.engine import SlotOutput
+from qwen3tts_jax.engine import SlotError, SlotOutput
 from qwen3tts_jax.request import GenerationRequest
 
 SAMPLE_RATE = 24000
@@ -130,6 +130,9 @@ class FakeBatchEngine:
         if self.step_delay:
             time.sleep(self.step_delay)
         self.steps += 1
+        poisoned = [slot for slot, (req, done, _) in self._slots.items() if "__poison__" in req.text and done >= 2]
+        if poisoned:  # a request whose state goes bad mid-stream: the step fails, naming its slot
+            raise SlotError(poisoned, "simulated bad row state")
         out = {}
         for slot, state in list(self._slots.items()):
             req, done, total = state

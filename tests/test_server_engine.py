@@ -28,11 +28,11 @@ def real_loader(tts, slots: int = SLOTS):
     return load
 
 
-def reference_stream(tts, voice, text: str, seed: int, frames: int, slot: int = 0) -> np.ndarray:
+def reference_stream(tts, voice, text: str, seed: int, frames: int, slot: int = 0, slots: int = SLOTS) -> np.ndarray:
     """What the same engine shape produces for one request alone in `slot`."""
     from qwen3tts_jax import GenerationRequest
 
-    engine = tts.batch_engine(SLOTS)
+    engine = tts.batch_engine(slots)
     engine.admit(slot, GenerationRequest(text, voice, "English", seed, max_new_frames=frames))
     out = []
     while engine.active_slots():
@@ -102,3 +102,37 @@ def test_real_engine_concurrent_sessions_and_voice(tmp_path, tts):
                 _, done = await c.speak("In the new voice.", maxFrames=3)
                 assert done["type"] == "complete" and done["samples"] == 3 * 1920
     arun(body(), timeout=300)
+
+
+def test_a_failed_device_step_ends_its_requests_and_the_engine_recovers(tmp_path, tts, monkeypatch):
+    """An exception inside the frame step that names no slot (an injected device fault) ends the
+    requests of that step with SYNTHESIS_ERROR; the engine starts again from fresh state, and the
+    next request makes exactly the audio of an untouched engine."""
+    from qwen3tts_jax import generation
+
+    real = generation.generate_frames
+    fault = {"armed": False}
+
+    def faulty(*args, **kwargs):
+        if fault["armed"]:
+            fault["armed"] = False
+            raise RuntimeError("injected device fault")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(generation, "generate_frames", faulty)
+
+    async def body():
+        async with running_server(tmp_path, loader=real_loader(tts, 1), batch_slots=1) as srv:  # warmed up
+            voice = await asyncio.to_thread(default_prompt, srv, tts)
+            async with Client.open(srv) as c:
+                await c.start(encoding="pcm32f", language="English")
+                fault["armed"] = True
+                pcm, msg = await c.speak(TEXT, seed=3, maxFrames=8, requestId="hit")
+                assert (msg["type"], msg["code"], msg["requestId"]) == ("error", "SYNTHESIS_ERROR", "hit")
+                assert "injected device fault" in msg["message"]
+                pcm, done = await c.speak(TEXT, seed=3, maxFrames=8)
+                assert done["type"] == "complete"
+            return np.frombuffer(pcm, "<f4"), voice
+
+    got, voice = arun(body(), timeout=300)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(got, reference_stream(tts, voice, TEXT, 3, 8, slots=1))

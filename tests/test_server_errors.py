@@ -297,3 +297,23 @@ def test_instruct_on_a_base_model_is_a_bad_request(tmp_path):
             await expect_error(c, "INVALID_TEXT", "i2")
             await still_serves(srv, c)
     arun(body())
+
+
+def test_a_step_failing_for_one_request_ends_only_that_one(tmp_path):
+    """The device step fails because of one row (engine.SlotError): that request ends with
+    SYNTHESIS_ERROR mid-stream; the request beside it in the batch finishes with every sample,
+    and the worker goes on serving."""
+    async def body():
+        async with running_server(tmp_path, FakeTTS(step_delay=0.005), batch_slots=2) as srv:
+            async with Client.open(srv) as a, Client.open(srv) as b:
+                await a.start(encoding="pcm32f")
+                await b.start(encoding="pcm32f")
+                await a.send(type="speak", text="an innocent neighbour", maxFrames=40, requestId="ok")
+                await b.send(type="speak", text="a __poison__ request", maxFrames=40, requestId="bad")
+                bad_pcm, bad, _ = await b.collect()
+                ok_pcm, ok, _ = await a.collect()
+            assert (bad["type"], bad["code"], bad["requestId"]) == ("error", "SYNTHESIS_ERROR", "bad")
+            assert 0 < len(bad_pcm) < 40 * 1920 * 4  # it failed mid-stream, after some audio
+            assert ok["type"] == "complete" and ok_pcm == expected_pcm(srv, "an innocent neighbour", max_new_frames=40)
+            await still_serves(srv)
+    arun(body())
