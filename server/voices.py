@@ -72,6 +72,7 @@ class VoiceStore:
         self._hashes: dict[Path, tuple[int, int, str]] = {}
         self.prompt_computations = 0
         self._default: str | None = None
+        self._recover()
         if builtin is not None and builtin.is_dir():
             for src in sorted(builtin.iterdir()):
                 if (src / "manifest.json").is_file() and not (self.root / src.name).exists():
@@ -79,6 +80,28 @@ class VoiceStore:
                                     ignore=shutil.ignore_patterns("prompt-*"))
 
     # -- lookup ---------------------------------------------------------------------------
+    def _recover(self, older_than_s: float = 600.0) -> None:
+        """Undo what a process killed mid-registration left (a half-written voice is never
+        listed: its folder's name starts with a dot). Folders older than `older_than_s` (a
+        registration takes seconds; replicas may share this folder and be registering now):
+        a `.tmp-*` one is removed; a `.trash-<id>-*` one, the old voice of an overwrite killed
+        between its two renames, is put back when `<id>` is missing, else removed."""
+        cutoff = time.time() - older_than_s
+        for d in sorted(self.root.glob(".trash-*")):
+            if d.stat().st_mtime > cutoff:
+                continue
+            voice_id = d.name[len(".trash-"):].rsplit("-", 1)[0]
+            target = self.root / voice_id
+            if valid_voice_id(voice_id) and not target.exists():
+                os.rename(d, target)
+                log.warning(json.dumps({"event": "voice_restored", "voice": voice_id}))
+            else:
+                shutil.rmtree(d, ignore_errors=True)
+        for d in self.root.glob(".tmp-*"):
+            if d.stat().st_mtime <= cutoff:
+                shutil.rmtree(d, ignore_errors=True)
+                log.warning(json.dumps({"event": "voice_partial_removed", "path": d.name}))
+
     def _load(self, voice_id: str) -> Voice | None:
         d = self.root / voice_id
         try:
