@@ -8,8 +8,8 @@
 # needs; flax/orbax as a fallback in .whl/fallback), see the device README:
 #   echo /.whl/ >> .git/info/exclude; pip download --no-deps ... -d .whl websockets soxr soundfile cffi pycparser
 # Then: run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=600); the parts are
-# chosen with PARTS (default "gen gen17 memory load"; "profile" in a second call, as the
-# whole exceeds one call's 10 minutes).
+# chosen with PARTS (default "gen gen17 memory load"; "profile" and "textstream" in further calls,
+# as the whole exceeds one call's 10 minutes).
 # Results land in $OUT (log, generation_gpu.json, memory.json, load.json). On an H100 it took about
 # 300 s for generation, 20 s for memory and 45 s for the load test (whose server warm-up compiles
 # every span: it missed a 150 s ready limit without the compilation cache, then took 40 s with it).
@@ -64,6 +64,19 @@ timeout "${LOAD_TIMEOUT:-320}" python3 benchmarks/load.py --spawn --model "$CKPT
 cp benchmarks/results/load-server.log.tmp "$OUT/server.log" 2>/dev/null
 fi
 
+# Streamed text input (speak textStream / appendText / endText) on the same weights: pieces at
+# 20/50/100 per second and in bursts, 1 and 16 sessions, the default (ICL) and an x-vector voice,
+# beside whole-text speaks: PARTS=textstream (not in the default PARTS). Converts the weights
+# itself when the gen part has not run in this call.
+if has textstream; then
+[ -d "$CKPT" ] || (cd benchmarks && timeout 200 python3 -c "from common import converted, full_size_checkpoint
+converted(full_size_checkpoint(native=True), 'bfloat16')")
+timeout "${TEXTSTREAM_TIMEOUT:-420}" python3 benchmarks/text_stream.py --spawn --model "$CKPT" --dtype bfloat16 \
+    --batch-slots 16 --sessions 1 16 --rates 20 50 100 --requests 2 --load-timeout 270 \
+    --tag gpu-0.6b-bf16 --out "$OUT/text_stream.json" | tee "$OUT/text_stream.md"
+cp benchmarks/results/text-stream-server.log.tmp "$OUT/text_stream_server.log" 2>/dev/null
+fi
+
 # Where the frame step's time goes (kernel count, kernel time, gaps) at batch 1 and 16, with
 # XLA's command buffers as the image has them and then off: PARTS=profile in a call of its own.
 if has profile; then
@@ -71,5 +84,35 @@ timeout 200 python3 benchmarks/profile_step.py --native --batch 1 16 --out "$OUT
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" timeout 200 python3 benchmarks/profile_step.py \
     --native --batch 1 16 --out "$OUT/trace-no-cmdbuf" --name profile_gpu_no_cmdbuf
 cp benchmarks/results/profile_gpu*.json "$OUT/" 2>/dev/null
+fi
+# Open-loop load (Poisson arrivals, a new session per request; BENCHMARKS.md) on the 0.6B-Base
+# and the 1.7B-CustomVoice, 1-64 requests per second, then a short soak on the 0.6B:
+# PARTS=openloop (both models; OL_MODELS="0.6b" or "1.7b" for one per call if time is short) and
+# PARTS=soak, neither in the default. Each model's sweep is the server's warm-up (40-150 s) plus
+# 7 rates x (OL_WARMUP + OL_DURATION + drain) s; a missing converted checkpoint is built first
+# (random weights at the released sizes, as the gen/gen17 parts build them).
+ckpt_for() {  # 0.6b | 1.7b -> the converted bfloat16 folder, built if missing
+    local name=0.6b-base; [ "$1" = 1.7b ] && name=1.7b-custom-voice
+    python3 -c "import sys; sys.path.insert(0, 'benchmarks'); from common import converted, full_size_checkpoint; \
+print(converted(full_size_checkpoint('$name', native=True), 'bfloat16'))" | tail -n 1
+}
+if has openloop; then
+for m in ${OL_MODELS:-0.6b 1.7b}; do
+    ck=$(ckpt_for "$m")
+    timeout "${OL_TIMEOUT:-420}" python3 benchmarks/load.py --spawn --model "$ck" --dtype bfloat16 \
+        --batch-slots "${OL_SLOTS:-16}" --max-sessions 1024 --load-timeout 270 --open-loop \
+        --rps ${OL_RPS:-1 2 4 8 16 32 64} --duration "${OL_DURATION:-20}" --warmup-s "${OL_WARMUP:-5}" \
+        --slo-ms "${OL_SLO_MS:-200}" --drain-timeout 60 --tag "gpu-$m-bf16" --out "$OUT/openloop-$m.json" \
+        | tail -n 12
+    cp benchmarks/results/load-server.log.tmp "$OUT/server-openloop-$m.log" 2>/dev/null
+    echo "open loop ($m) done at +$(( $(date +%s) - start )) s"
+done
+fi
+if has soak; then
+timeout "${SOAK_TIMEOUT:-400}" python3 benchmarks/soak.py --model "$(ckpt_for 0.6b)" --dtype bfloat16 \
+    --batch-slots 16 --workers "${SOAK_WORKERS:-32}" --duration "${SOAK_DURATION:-240}" --sample-every 30 \
+    --load-timeout 270 --tag gpu-0.6b-bf16 --out "$OUT/soak.json" | tail -n 14
+cp benchmarks/results/soak-server.log.tmp "$OUT/server-soak.log" 2>/dev/null
+echo "soak done at +$(( $(date +%s) - start )) s"
 fi
 echo "all done at +$(( $(date +%s) - start )) s"

@@ -175,6 +175,8 @@ class TTSServer:
                 "sampleRates": list(P.SAMPLE_RATES), "transports": list(P.TRANSPORTS),
                 "priorities": list(P.PRIORITIES), "maxTextChars": self.cfg.max_text_chars,
                 "registerVoice": b is None or b.clones_voices,
+                "textStream": True, "maxStreamedTextChars": self.cfg.max_streamed_text_chars,
+                "textIdleTimeoutMs": round(1000 * self.cfg.text_idle_timeout_s),
                 # None while the model loads
                 "modelType": b.model_type if b else None, "speakers": list(b.speakers) if b else [],
                 "instruct": b.supports_instruct if b else False}

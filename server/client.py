@@ -1,13 +1,21 @@
-"""`python -m qwen3tts_jax.server.client`: speak one text through a running server and write the WAV.
+r"""`python -m qwen3tts_jax.server.client`: speak one text through a running server and write the WAV.
 
     python -m qwen3tts_jax.server.client --text "Hello there." --out out.wav
     python -m qwen3tts_jax.server.client --text "Bonjour." --language French --voice alice --sample-rate 48000
     python -m qwen3tts_jax.server.client --text "Hi." --speaker ryan --instruct "Cheerfully."   (CustomVoice)
     python -m qwen3tts_jax.server.client --text "Hi." --instruct "A calm, low voice."   (VoiceDesign)
+    python -m qwen3tts_jax.server.client --text "Hello there, how are you?" --text-stream --tokens-per-second 20
 
 Streams binary PCM, reports first-audio latency (T1 - T0: `speak` sent to first audio
 frame received), the longest gap between audio frames, under-runs, and how many
 seconds of audio arrived per wall-clock second (xRealTime).
+
+--text-stream sends the text as an LLM would write it: cut into token-like pieces (a run of
+spaces and up to 4 non-space characters each, `\s*\S{1,4}`: "Hello there." -> "Hell", "o",
+" ther", "e."), the first in a `speak` with "textStream": true, the rest as `appendText`
+at --tokens-per-second (or --burst N of them at once every N/R seconds), then `endText`.
+First audio is then measured from the first piece sent; the report adds the server's
+textWaitMs (how long the row waited for text) and when the last piece went out (textMs).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 import wave
@@ -44,6 +53,7 @@ class Result:
     t_first_audio: float | None  # seconds after `speak` was sent
     t_complete: float
     arrivals: list[tuple[float, int]] = field(default_factory=list)  # (seconds after T0, samples)
+    t_text_end: float | None = None  # streamed text: when `endText` went out (None: not sent)
 
     @property
     def samples(self) -> np.ndarray:
@@ -79,11 +89,16 @@ async def speak(ws, text: str, **fields) -> Result:
     """Send one `speak` on an open, started session and collect its audio until `complete`."""
     encoding = fields.pop("_encoding", "pcm16")
     rate = fields.pop("_sample_rate", P.ENGINE_SAMPLE_RATE)
+    t0 = time.perf_counter()
+    await ws.send(json.dumps({"type": "speak", "text": text, **fields}))
+    return await _collect(ws, t0, encoding, rate)
+
+
+async def _collect(ws, t0: float, encoding: str, rate: int) -> Result:
+    """Audio frames until `complete` (times in seconds after `t0`); an `error` raises ServerError."""
     chunks: list[bytes] = []
     arrivals: list[tuple[float, int]] = []
     bps = P.bytes_per_sample(encoding)
-    t0 = time.perf_counter()
-    await ws.send(json.dumps({"type": "speak", "text": text, **fields}))
     first = None
     while True:
         raw = await ws.recv()
@@ -99,6 +114,54 @@ async def speak(ws, text: str, **fields) -> Result:
             return Result(b"".join(chunks), rate, encoding, msg, first, now, arrivals)
         if msg["type"] == "error":
             raise ServerError(msg)
+
+
+_PIECE_RE = re.compile(r"\s*\S{1,4}|\s+")
+
+
+def text_pieces(text: str) -> list[str]:
+    """`text` cut like an LLM's output tokens: spaces and up to 4 non-space characters a piece
+    (trailing spaces are a piece of their own). The pieces join back to `text`."""
+    return _PIECE_RE.findall(text) or [""]
+
+
+async def speak_streamed(ws, pieces: list[str], tokens_per_second: float, burst: int = 1, **fields) -> Result:
+    """One streamed request on an open, started session: `pieces[0]` in a `speak` with
+    "textStream": true, the rest as `appendText`, `burst` at a time every `burst /
+    tokens_per_second` seconds (on a fixed schedule from the first), then `endText`; its audio
+    until `complete`. Times in the Result are from the first piece sent. If the request ends
+    before all its text went out (a frame cap, an error), the rest is not sent and
+    `t_text_end` stays None."""
+    encoding = fields.pop("_encoding", "pcm16")
+    rate = fields.pop("_sample_rate", P.ENGINE_SAMPLE_RATE)
+    burst = max(1, burst)
+    period = burst / tokens_per_second
+    t0 = time.perf_counter()
+    ended: list[float] = []
+
+    async def feed() -> None:
+        for i in range(1, len(pieces)):
+            due = t0 + (i // burst) * period
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await ws.send(json.dumps({"type": "appendText", "text": pieces[i]}))
+        await ws.send(json.dumps({"type": "endText"}))
+        ended.append(time.perf_counter() - t0)
+
+    await ws.send(json.dumps({"type": "speak", "textStream": True, "text": pieces[0], **fields}))
+    sender = asyncio.create_task(feed())
+    try:
+        res = await _collect(ws, t0, encoding, rate)
+    finally:
+        if not sender.done():
+            sender.cancel()
+        try:
+            await sender
+        except asyncio.CancelledError:
+            pass
+    res.t_text_end = ended[0] if ended else None
+    return res
 
 
 async def open_session(url: str, *, voice: str | None = None, language: str | None = None,
@@ -151,7 +214,11 @@ async def amain(a: argparse.Namespace) -> int:
     if a.max_frames is not None:
         fields["maxFrames"] = a.max_frames
     try:
-        res = await speak(ws, a.text, **fields)
+        if a.text_stream:
+            pieces = text_pieces(a.text)
+            res = await speak_streamed(ws, pieces, a.tokens_per_second, a.burst, **fields)
+        else:
+            res = await speak(ws, a.text, **fields)
         await ws.send(json.dumps({"type": "stop", "reason": "client done"}))
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -170,6 +237,10 @@ async def amain(a: argparse.Namespace) -> int:
               "frames": len(res.arrivals),
               "maxGapMs": round(1000 * max(gaps), 1) if gaps else None,
               "underruns": under, "stallMs": round(1000 * stall, 1)}
+    if a.text_stream:
+        report.update({"pieces": len(pieces), "tokensPerSecond": a.tokens_per_second, "burst": a.burst,
+                       "textMs": round(1000 * res.t_text_end, 1) if res.t_text_end is not None else None,
+                       "textWaitMs": res.complete.get("textWaitMs")})
     print(json.dumps(report) if a.json else "\n".join(f"{k:>14}: {v}" for k, v in report.items()))
     return 0
 
@@ -193,7 +264,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--token-env", default=None, metavar="NAME",
                    help="environment variable holding the auth token")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.add_argument("--text-stream", action="store_true",
+                   help="send the text as a streamed request (speak textStream, appendText, endText), in "
+                        "LLM-token-like pieces of up to 4 non-space characters; first audio counts from the first")
+    p.add_argument("--tokens-per-second", type=float, default=20.0, metavar="R",
+                   help="with --text-stream: pieces sent per second (default 20)")
+    p.add_argument("--burst", type=int, default=1, metavar="N",
+                   help="with --text-stream: send N pieces at once every N/R seconds (default 1)")
     a = p.parse_args(argv)
+    if a.tokens_per_second <= 0 or a.burst < 1:
+        p.error("--tokens-per-second must be > 0 and --burst >= 1")
     try:
         sys.exit(asyncio.run(amain(a)))
     except ServerError as exc:

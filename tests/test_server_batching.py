@@ -140,11 +140,17 @@ def test_slow_client_is_disconnected(tmp_path):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect(("127.0.0.1", srv.port))
-            async with Client.open(url(srv), sock=sock) as lazy:
+            async with Client.open(url(srv), sock=sock) as lazy, Client.open(srv) as beside:
                 await lazy.start(encoding="pcm32f")
+                await beside.start(encoding="pcm32f")
                 await lazy.send(type="speak", text="flood", maxFrames=5000)  # ~38 MB of audio
                 lazy.ws.transport.pause_reading()  # and never read again
-                waited = await wait_until(lambda: not srv.sessions, timeout=10)
+                # Meanwhile a client that reads is served in full, not held up by the one that does not.
+                t0 = time.monotonic()
+                pcm, done = await beside.speak("served beside it", maxFrames=200)
+                assert done["type"] == "complete" and pcm == expected_pcm(srv, "served beside it", max_new_frames=200)
+                assert time.monotonic() - t0 < 5
+                waited = await wait_until(lambda: len(srv.sessions) == 1, timeout=10)
                 await wait_until(lambda: engine.active_slots() == [], timeout=2)
                 lazy.ws.transport.resume_reading()  # lets the client see the close quickly
                 print(f"slow client dropped after {waited:.2f} s")
