@@ -39,6 +39,12 @@ class VoicePrompt:
     def x_vector_only(self) -> bool:
         return self.ref_codes is None
 
+    def without_reference(self) -> VoicePrompt:
+        """The same voice by its x-vector alone (no reference frames in the prompt): for text
+        that arrives while speaking, whose audio then starts after its first tokens rather
+        than after the ICL prompt's share of the text."""
+        return self if self.ref_codes is None else VoicePrompt(self.speaker_embedding)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the prompt as .npz, atomically (temporary file + rename)."""
         path = Path(path)

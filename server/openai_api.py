@@ -115,13 +115,14 @@ def parse_speech(server: ServerView, body) -> SpeechRequest:
         instruct = P.get_field(ext, "instructions", str)
         if instruct is None:
             instruct = P.get_field(ext, "instruct", str)
+        x_vector_only = bool(P.get_field(ext, "xVectorOnly", bool) or P.get_field(ext, "x_vector_only", bool))
     except P.ProtocolError as exc:
         raise ApiError.of(exc) from None
     backend = server.backend
     if instruct is not None and backend is not None and not backend.supports_instruct:
         instruct = None  # OpenAI: "does not work with tts-1"; a Base model speaks the voice it clones
-    return SpeechRequest(Utterance(text, _voice(server, body.get("voice")), language, sampling, instruct),
-                         fmt, stream_format)
+    return SpeechRequest(Utterance(text, _voice(server, body.get("voice")), language, sampling, instruct,
+                                   x_vector_only=x_vector_only), fmt, stream_format)
 
 
 def _voice(server: ServerView, voice) -> str | None:

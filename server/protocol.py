@@ -91,6 +91,7 @@ class Start:
     transport: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
     instruct: str | None = None  # CustomVoice 1.7B / VoiceDesign: how to speak, or the voice described
+    x_vector_only: bool | None = None  # speak Base voices by their x-vector alone (no reference frames)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Speak:
     sampling: Sampling = field(default_factory=Sampling)
     instruct: str | None = None  # this request only; None keeps the session's
     text_stream: bool = False  # `text` is only the start: appendText ... endText bring the rest
+    x_vector_only: bool | None = None  # this request only; None keeps the session's
 
 
 @dataclass(frozen=True)
@@ -230,11 +232,12 @@ def parse_client_message(raw: str | bytes, max_bytes: int, max_voice_bytes: int)
             sampling = parse_sampling(msg)
             instruct = get_field(msg, "instruct", str)
             text_stream = bool(get_field(msg, "textStream", bool))
+            x_vector_only = get_field(msg, "xVectorOnly", bool)
         except ProtocolError as exc:
             exc.request_id = rid
             raise
         return Speak(text=text, priority=priority, request_id=rid, sampling=sampling, instruct=instruct,
-                     text_stream=text_stream)
+                     text_stream=text_stream, x_vector_only=x_vector_only)
     if kind == "appendText":
         return AppendText(text=get_field(msg, "text", str, required=True))
     if kind == "endText":
@@ -253,6 +256,7 @@ def parse_client_message(raw: str | bytes, max_bytes: int, max_voice_bytes: int)
             transport=_choice(msg, "transport", TRANSPORTS),
             sampling=parse_sampling(msg),
             instruct=get_field(msg, "instruct", str),
+            x_vector_only=get_field(msg, "xVectorOnly", bool),
         )
     if kind == "cancel":
         return Cancel()

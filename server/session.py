@@ -42,6 +42,7 @@ class Settings:
     contract_id: Any = None
     sampling: P.Sampling = field(default_factory=P.Sampling)
     instruct: str | None = None
+    x_vector_only: bool = False
 
 
 @dataclass
@@ -266,12 +267,15 @@ class Session:
             contract_id=msg.contract_id if msg.contract_id is not None else s.contract_id,
             sampling=s.sampling.merged(msg.sampling),
             instruct=msg.instruct if msg.instruct is not None else s.instruct,
+            x_vector_only=msg.x_vector_only if msg.x_vector_only is not None else s.x_vector_only,
         )
         n = self.settings
         reply = {"type": "started", "sampleRate": n.sample_rate, "encoding": n.encoding,
                  "voice": n.voice, "language": n.language, "transport": n.transport}
         if n.instruct is not None:
             reply["instruct"] = n.instruct
+        if n.x_vector_only:
+            reply["xVectorOnly"] = True
         if n.contract_id is not None:
             reply["contractId"] = n.contract_id
         self._log("start", sampleRate=n.sample_rate, encoding=n.encoding, voice=n.voice,
@@ -397,7 +401,8 @@ class Session:
         s, speak, rid = run.settings, run.speak, run.speak.request_id
         utt = Utterance(speak.text, s.voice if s.voice_chosen else None, s.language,
                         s.sampling.merged(speak.sampling), speak.instruct if speak.instruct is not None
-                        else s.instruct, speak.priority, text_open=run.feed is not None)
+                        else s.instruct, speak.priority, text_open=run.feed is not None,
+                        x_vector_only=speak.x_vector_only if speak.x_vector_only is not None else s.x_vector_only)
         try:
             request, engine_rate = await build_request(self.server, utt, rid)
             if run is not self.current or run.finished:

@@ -67,6 +67,7 @@ class Utterance:
     instruct: str | None = None
     priority: str = "normal"
     text_open: bool = False  # `text` is only the start of a streamed text (the WebSocket's textStream)
+    x_vector_only: bool = False  # a Base voice by its x-vector alone (`VoicePrompt.without_reference`)
 
 
 def check_text(server: ServerView, text: str, request_id: str | None = None, *, limit: int | None = None,
@@ -117,6 +118,8 @@ async def build_request(server: ServerView, utt: Utterance, request_id: str | No
     backend = server.backend
     if backend is None:
         raise P.ProtocolError(*(server.unavailable() or ("SYNTHESIS_ERROR", "the model is gone")), request_id)
+    if utt.x_vector_only and prompt is not None:
+        prompt = prompt.without_reference()
     s = utt.sampling
     try:
         request = backend.make_request(

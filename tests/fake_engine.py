@@ -34,6 +34,9 @@ class FakeVoicePrompt:
         self.key = key
         self.x_vector_only = x_vector_only
 
+    def without_reference(self) -> FakeVoicePrompt:
+        return self if self.x_vector_only else FakeVoicePrompt(self.key + "-xv", True)
+
     def save(self, path) -> None:
         with open(path, "wb") as f:
             np.savez(f, key=np.array(self.key), xvec=np.array(self.x_vector_only))

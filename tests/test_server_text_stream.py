@@ -44,15 +44,17 @@ def test_streamed_pcm_equals_the_whole_texts_byte_for_byte(tmp_path, tts):  # no
             async with Client.open(srv) as c:
                 await c.send(type="registerVoice", voiceId="xv", audio=wav_b64(2.0))  # x-vector only
                 assert (await c.recv_json())["type"] == "voiceRegistered"
-                for voice in ("xv", "default"):  # x-vector, and the default ICL voice
-                    await c.start(encoding="pcm32f", language="English", voice=voice, seed=11)
+                # x-vector, the default ICL voice, and that voice by its x-vector alone
+                for voice, xvec_only in (("xv", False), ("default", False), ("default", True)):
+                    await c.start(encoding="pcm32f", language="English", voice=voice, seed=11,
+                                  xVectorOnly=xvec_only)
                     whole, done = await c.speak(TEXT, maxFrames=60)
                     assert done["type"] == "complete" and len(whole) > 0
                     for trial in range(2):
                         rng = random.Random(trial)
                         pcm, msg = await stream(c, random_pieces(TEXT, rng), rng, maxFrames=60)
                         assert msg["type"] == "complete", msg
-                        assert pcm == whole, (voice, trial)
+                        assert pcm == whole, (voice, xvec_only, trial)
                         assert msg["charactersProcessed"] == len(TEXT) and msg["textWaitMs"] >= 0
     arun(body(), timeout=300)
 
@@ -79,6 +81,26 @@ def test_the_worker_does_not_step_while_every_row_waits(tmp_path, tts):  # noqa:
                 assert msg["type"] == "complete" and msg["textWaitMs"] >= 500
                 assert srv.worker.steps > steps
     arun(body(), timeout=300)
+
+
+def test_x_vector_only_speaks_a_cloned_voice_by_its_x_vector(tmp_path):
+    """`xVectorOnly` (start or speak): the voice's x-vector alone, so a streamed text starts after
+    its first tokens instead of after the ICL prompt's share of the text."""
+    async def body():
+        async with running_server(tmp_path) as srv:
+            async with Client.open(srv) as c:
+                started = await c.start(encoding="pcm32f", xVectorOnly=True)
+                assert started["xVectorOnly"] is True
+                xv, _ = await c.speak("By its x-vector.", maxFrames=4)
+                icl, _ = await c.speak("By its x-vector.", maxFrames=4, xVectorOnly=False)
+            voice = srv.voices.get("default")
+            from tests.fake_engine import FakeVoicePrompt
+
+            prompt = FakeVoicePrompt.from_key(srv.fake, voice.reference, voice.transcript)
+            want, _ = srv.fake.synthesize("By its x-vector.", voice=prompt.without_reference(), max_new_frames=4)
+            assert xv == want.tobytes() and icl == expected_pcm(srv, "By its x-vector.", max_new_frames=4)
+            assert xv != icl
+    arun(body())
 
 
 def test_protocol_edges(tmp_path):
