@@ -76,6 +76,9 @@ class TextFeed:
     ended: bool = False
     job: Job | None = None
     idle_timer: asyncio.TimerHandle | None = None
+    # Its audio ended before its text did (the model's end token, maxFrames): the rest of the
+    # text is taken and dropped, so an LLM still writing sees no errors.
+    spoken: bool = False
 
 
 _CLOSE = object()
@@ -293,6 +296,8 @@ class Session:
 
     def _on_speak(self, msg: P.Speak) -> None:
         rid = msg.request_id
+        if msg.text_stream and self.feed is not None and self.feed.spoken:
+            self._close_feed(self.feed)  # its audio is over: a new streamed request may start
         if msg.text_stream and self.feed is not None:
             raise P.ProtocolError("BAD_REQUEST", "a streamed request is open on this session: send endText (or "
                                   "cancel) before the next textStream speak", rid)
@@ -326,6 +331,8 @@ class Session:
 
     def _on_append_text(self, msg: P.AppendText) -> None:
         feed = self._open_feed()
+        if feed.spoken:
+            return
         if feed.chars + len(msg.text) > self.cfg.max_streamed_text_chars:
             return self._fail_feed(feed, "INVALID_TEXT", "the streamed text grew past "
                                    f"{self.cfg.max_streamed_text_chars} characters")
@@ -344,6 +351,8 @@ class Session:
 
     def _feed(self, feed: TextFeed, text: str | None) -> None:
         """A piece of text (None: the end) to the device worker, or kept until the request is there."""
+        if feed.spoken:
+            return
         if feed.job is None:
             if text is not None:
                 feed.pieces.append(text)
@@ -464,7 +473,12 @@ class Session:
     def _finish(self, run: Running, outcome: str) -> None:
         run.finished = True
         if run.feed is not None:
-            self._close_feed(run.feed)
+            if run.feed.ended or outcome != "complete":
+                self._close_feed(run.feed)
+            else:  # the audio ended first: take the rest of the text quietly until endText
+                run.feed.spoken = True
+                if run.feed.idle_timer is not None:
+                    run.feed.idle_timer.cancel()
         self.server.metrics.request_done("ws", outcome)
         self.server.metrics.audio("ws", run.samples_sent / run.settings.sample_rate)
         if run.timer:

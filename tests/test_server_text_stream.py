@@ -152,6 +152,30 @@ def test_protocol_edges(tmp_path):
     arun(body())
 
 
+def test_audio_that_ends_before_the_text_does_takes_the_rest_quietly(tmp_path):
+    """The model may end (its end token, maxFrames) while the text still arrives: `complete`
+    comes, later appendText and endText are taken without errors, and the session goes on."""
+    async def body():
+        async with running_server(tmp_path) as srv:
+            async with Client.open(srv) as c:
+                await c.start(encoding="pcm32f")
+                await c.send(type="speak", textStream=True, text="__early__ start", maxFrames=3, requestId="e")
+                _, done, _ = await c.collect()
+                assert done["type"] == "complete" and done["samples"] == 3 * 1920
+                for piece in (" and more", " text."):
+                    await c.send(type="appendText", text=piece)
+                await c.send(type="endText")
+                pcm, done = await c.speak("Next.", maxFrames=2)  # no error came in between
+                assert done["type"] == "complete" and pcm == expected_pcm(srv, "Next.", max_new_frames=2)
+                await c.send(type="speak", textStream=True, text="__early__ again", maxFrames=2)
+                _, done, _ = await c.collect()
+                await c.send(type="speak", textStream=True, text="A new one ", maxFrames=2, requestId="n")
+                await c.send(type="endText")  # a new streamed request may start without the old endText
+                _, done, _ = await c.collect()
+                assert done["type"] == "complete" and done["requestId"] == "n"
+    arun(body())
+
+
 def test_a_streamed_request_queued_behind_another_keeps_its_text(tmp_path):
     async def body():
         async with running_server(tmp_path, FakeTTS(step_delay=0.01)) as srv:
