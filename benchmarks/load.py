@@ -141,13 +141,18 @@ def spawn(a: argparse.Namespace, log_name: str = "load-server.log.tmp") -> tuple
     """Start `python -m qwen3tts_jax.server` on a free loopback port and wait until /healthz says
     ok. Reads from `a`: batch_slots, clients, dtype, voices_dir, model, random_full_size,
     load_timeout and (optional) max_sessions. Also used by benchmarks/soak.py."""
+    sessions = getattr(a, "max_sessions", None) or max(64, a.clients * 2)
+    return start_server(a, ["--batch-slots", str(a.batch_slots), "--max-sessions", str(sessions)], log_name)
+
+
+def start_server(a: argparse.Namespace, flags: list[str], log_name: str) -> tuple[subprocess.Popen, str]:
+    """The server with `flags` (WebSocket only) on a free port, once /healthz says ok: (process, url).
+    Reads dtype, voices_dir, model, random_full_size and load_timeout from `a`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    sessions = getattr(a, "max_sessions", None) or max(64, a.clients * 2)
-    cmd = [sys.executable, "-m", "qwen3tts_jax.server", "--port", str(port), "--batch-slots", str(a.batch_slots),
-           "--max-sessions", str(sessions), "--dtype", a.dtype,
-           "--voices-dir", str(a.voices_dir), "--log-level", "WARNING"]
+    cmd = [sys.executable, "-m", "qwen3tts_jax.server", "--port", str(port), "--no-http", *flags,
+           "--dtype", a.dtype, "--voices-dir", str(a.voices_dir), "--log-level", "WARNING"]
     if a.random_full_size:
         a.model = random_full_size_checkpoint()
     if a.model:
@@ -155,10 +160,11 @@ def spawn(a: argparse.Namespace, log_name: str = "load-server.log.tmp") -> tuple
     log = open(REPO / "benchmarks" / "results" / log_name, "w")
     proc = subprocess.Popen(cmd, cwd=REPO, stderr=log)
     url = f"ws://127.0.0.1:{port}/api/v1/speak"
-    deadline = time.monotonic() + a.load_timeout
-    while time.monotonic() < deadline:
+    t0 = time.monotonic()
+    while time.monotonic() < t0 + a.load_timeout:
         h = health(url)
         if h and h.get("status") == "ok":  # loaded and warmed up (warm-up runs before "ok")
+            print(f"server ready in {time.monotonic() - t0:.1f} s", file=sys.stderr)
             return proc, url
         if h and h.get("status") == "failed":
             proc.terminate()
@@ -461,17 +467,22 @@ def open_loop_table(result: dict) -> str:
     return "\n".join(rows)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """The options of a run against a server: its URL, or one to start (`start_server`)."""
     p.add_argument("--url", default="ws://127.0.0.1:8765/api/v1/speak")
     p.add_argument("--spawn", action="store_true", help="start `python -m qwen3tts_jax.server` for the run")
-    p.add_argument("--model", default=None, help="with --spawn: checkpoint (default: demo)")
+    p.add_argument("--model", default=None, help="with --spawn: checkpoint (default: the embedded demo)")
     p.add_argument("--random-full-size", action="store_true",
-                   help="with --spawn: serve random weights at the released 0.6B-Base sizes (built natively)")
+                   help="with --spawn: random weights at the released 0.6B-Base sizes (built natively)")
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--batch-slots", type=int, default=16)
     p.add_argument("--voices-dir", type=Path, default=paths.cache_dir() / "benchmarks" / "voices")
     p.add_argument("--load-timeout", type=float, default=900)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_server_args(p)
+    p.add_argument("--batch-slots", type=int, default=16)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--requests", type=int, default=2, help="speak requests per client, in sequence")
     p.add_argument("--sample-rate", type=int, default=24000)

@@ -34,16 +34,13 @@ import math
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from load import REPO, health, pct, random_full_size_checkpoint
+from load import REPO, add_server_args, health, pct, start_server
 from qwen3tts_jax.server.client import ServerError, open_session, speak, speak_streamed, text_pieces
-
-from qwen3tts_jax import paths
 
 # Replies an assistant might stream: 2-3 sentences, 150-230 characters.
 TEXTS = [
@@ -223,34 +220,9 @@ def table(runs: list[dict]) -> str:
 
 def spawn(a: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     """`python -m qwen3tts_jax.server` on a free port, WebSocket only, until /healthz says ok."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     slots = a.batch_slots or max(a.sessions)
-    cmd = [sys.executable, "-m", "qwen3tts_jax.server", "--port", str(port), "--no-http", "--batch-slots",
-           str(slots), "--max-sessions", str(max(64, 2 * max(a.sessions))), "--dtype", a.dtype,
-           "--voices-dir", str(a.voices_dir), "--log-level", "WARNING"]
-    if a.random_full_size:
-        a.model = random_full_size_checkpoint()
-    if a.model:
-        cmd += ["--model", a.model]
-    log = open(REPO / "benchmarks" / "results" / "text-stream-server.log.tmp", "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=log)
-    url = f"ws://127.0.0.1:{port}/api/v1/speak"
-    t0 = time.monotonic()
-    while time.monotonic() < t0 + a.load_timeout:
-        h = health(url)
-        if h and h.get("status") == "ok":  # loaded and warmed up
-            print(f"server ready in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-            return proc, url
-        if h and h.get("status") == "failed":
-            proc.terminate()
-            raise SystemExit(f"the model failed to load: {h.get('error')}")
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}; see {log.name}")
-        time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit("server did not become ready in time")
+    return start_server(a, ["--batch-slots", str(slots), "--max-sessions", str(max(64, 2 * max(a.sessions)))],
+                        "text-stream-server.log.tmp")
 
 
 async def run(a: argparse.Namespace) -> list[dict]:
@@ -273,15 +245,8 @@ async def run(a: argparse.Namespace) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default="ws://127.0.0.1:8765/api/v1/speak")
-    p.add_argument("--spawn", action="store_true", help="start `python -m qwen3tts_jax.server` for the run")
-    p.add_argument("--model", default=None, help="with --spawn: checkpoint (default: the embedded demo)")
-    p.add_argument("--random-full-size", action="store_true",
-                   help="with --spawn: random weights at the released 0.6B-Base sizes (built natively)")
-    p.add_argument("--dtype", default="float32")
+    add_server_args(p)
     p.add_argument("--batch-slots", type=int, default=None, help="with --spawn (default: the most sessions)")
-    p.add_argument("--voices-dir", type=Path, default=paths.cache_dir() / "benchmarks" / "voices")
-    p.add_argument("--load-timeout", type=float, default=900)
     p.add_argument("--voices", nargs="+", default=["default", "xvec"],
                    help="voice ids; 'default' = the server's default (the demo's: an ICL clone), 'xvec' = the "
                         "shipped default's clip registered as an x-vector-only voice (default: both)")
