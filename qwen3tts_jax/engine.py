@@ -48,6 +48,10 @@ from qwen3tts_jax.talker import TEXT_BLOCK
 from qwen3tts_jax.text_stream import TextStream
 from qwen3tts_jax.voice import VoicePrompt
 
+# Text ids appended to a row in one step at most: the row reads one per frame, so this keeps its
+# ring well ahead, and the append compiles for two sizes only (16 and 32).
+APPEND_IDS = 32
+
 
 class SlotError(RuntimeError):
     """A step failed because of these slots alone (their state, their request): a caller can
@@ -267,7 +271,7 @@ class BatchEngine:
         for row, slot in enumerate(self._rows):
             s = self._slots[slot]
             room = self.max_text_tokens - (s.on_device - s.frames)
-            n = min(room, len(s.queued))
+            n = min(room, len(s.queued), APPEND_IDS)
             if n <= 0:
                 continue
             close = (s.text is None or s.text.ended) and n == len(s.queued)
@@ -305,13 +309,10 @@ class BatchEngine:
                 self.state, _ = generation.generate_frames(parts.spec, parts.weights, self.state, 1, span, rows)
             if self.num_slots > 1:
                 self.state = generation.move_row(self.state, np.int32(1), np.int32(0), span)
-        size = buckets.text_ids(1, self.max_text_tokens)
-        while True:  # text appends, one compile per bucket (count 0: row 0 is free and stays so)
+        for size in sorted({buckets.text_ids(n, self.max_text_tokens) for n in (1, APPEND_IDS)}):
+            # text appends (count 0: row 0 is free and stays so)
             self.state = generation.append_text(self._one.spec, self._one.weights, self.state, np.int32(0),
                                                 np.zeros((size,), np.int32), np.int32(0), np.bool_(True))
-            if size >= self.max_text_tokens:
-                break
-            size = buckets.text_ids(size + 1, self.max_text_tokens)
         if self.decoder is not None:  # its step depends on the row count only, not the span
             for rows in self._row_counts():
                 codes = np.zeros((rows, 1, self.spec.groups), np.int32)

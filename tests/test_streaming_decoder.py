@@ -130,8 +130,10 @@ def test_feeding_the_first_rows_leaves_the_others_alone():
     wide = sd.StreamingDecoder(model, batch_size=3)
     wide.feed(codes[:, :2])
     before = jax.tree.map(np.asarray, wide.state)
+    # A 1-row decoder from the same state (not fed on its own: a 3-row step may round
+    # differently from a 1-row one, so only equal row counts are compared bit for bit).
     narrow = sd.StreamingDecoder(model, batch_size=1)
-    narrow.feed(codes[:1, :2])
+    narrow.state = jax.tree.map(lambda x: jax.numpy.asarray(x[:1]), before)
     np.testing.assert_array_equal(np.asarray(wide.feed(codes[:1, 2:])), np.asarray(narrow.feed(codes[:1, 2:])))
     after = jax.tree.map(np.asarray, wide.state)
     for b, a in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
