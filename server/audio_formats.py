@@ -18,6 +18,8 @@ import struct
 import numpy as np
 import soundfile as sf
 
+from .protocol import encode_pcm
+
 CONTENT_TYPES = {
     "mp3": "audio/mpeg",
     "opus": "audio/opus",  # Ogg/Opus, as OpenAI labels it
@@ -39,8 +41,8 @@ class UnsupportedFormat(ValueError):
 
 
 def pcm16(samples: np.ndarray) -> bytes:
-    clipped = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
-    return np.round(clipped * 32767.0).astype("<i2").tobytes()
+    """s16le bytes, exactly the WebSocket's `pcm16` (one conversion for every front end)."""
+    return encode_pcm(samples, "pcm16")
 
 
 class PcmEncoder:

@@ -225,8 +225,11 @@ class DeviceWorker:
         def feed_text(job: Job, text: str | None) -> None:
             """A piece of a streamed job's text (None: its end), now if it has a slot, else later."""
             if job.slot is None or active.get(job.slot) is not job:
-                if job.slot is None and not job.cancel_requested:  # not admitted yet
-                    job.pieces.append(text) if text is not None else setattr(job, "text_ended", True)
+                if job.slot is None and not job.cancel_requested:  # not admitted yet: kept for admission
+                    if text is None:
+                        job.text_ended = True
+                    else:
+                        job.pieces.append(text)
                 return
             try:
                 engine.end_text(job.slot) if text is None else engine.append_text(job.slot, text)
