@@ -525,7 +525,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    kind = "load-openloop" if a.open_loop else "load"
+    kind = "openloop" if a.open_loop else "load"  # distinct prefixes: "load-*" is closed-loop only
     out = a.out or REPO / "benchmarks" / "results" / f"{kind}-{a.tag or 'run'}-{stamp}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     if a.open_loop:
