@@ -154,33 +154,49 @@ class Spoken:
 
 @contextlib.asynccontextmanager
 async def speech(server: ServerView, utt: Utterance, interface: str, label: str = "",
-                 request_id: str | None = None) -> AsyncIterator[tuple[AsyncIterator[np.ndarray], Spoken]]:
+                 request_id: str | None = None, more_text: asyncio.Queue | None = None,
+                 ) -> AsyncIterator[tuple[AsyncIterator[np.ndarray], Spoken]]:
     """`async with speech(...) as (chunks, spoken)`: float32 PCM chunks at `spoken.sample_rate`
     as the device makes them. Leaving the block early (a client gone, a cancelled task) frees
     the device slot before the worker's next step. Errors, before or during the stream, are
-    ProtocolErrors; every outcome is counted in the server's metrics under `interface`."""
-    check_text(server, utt.text, request_id)
+    ProtocolErrors; every outcome is counted in the server's metrics under `interface`.
+
+    With `utt.text_open`, `utt.text` is only the start of the text and `more_text` brings the
+    rest as it is written: strings in order, then None for its end (the front end bounds its
+    total and its pauses). The audio is the same as for the whole text at once; the request
+    timeout runs from the end of the text."""
+    check_text(server, utt.text, request_id, allow_empty=utt.text_open,
+               limit=server.cfg.max_streamed_text_chars if utt.text_open else None)
+    if utt.text_open and more_text is None:
+        raise ValueError("a streamed utterance needs `more_text`")
     if utt.instruct is not None:
         check_instruct(server, utt.instruct, request_id)
     spoken = Spoken()
     events: asyncio.Queue = asyncio.Queue()
     job: Job | None = None
+    feeder: asyncio.Task | None = None
     outcome = "cancelled"
     try:
         request, spoken.sample_rate = await build_request(server, utt, request_id)
-        job = Job(request, utt.priority, lambda kind, payload: events.put_nowait((kind, payload)), label=label)
+        job = Job(request, utt.priority, lambda kind, payload: events.put_nowait((kind, payload)), label=label,
+                  text_open=utt.text_open)
         submit(server, job, request_id)
-        deadline = time.monotonic() + server.cfg.request_timeout_s
+        if utt.text_open:
+            feeder = asyncio.create_task(_feed(server, job, more_text, events), name=f"text feed {label}")
+        deadline = None if utt.text_open else time.monotonic() + server.cfg.request_timeout_s
 
         async def chunks() -> AsyncIterator[np.ndarray]:
-            nonlocal outcome
+            nonlocal outcome, deadline
             while True:
                 try:
-                    kind, payload = await asyncio.wait_for(events.get(), max(0.0, deadline - time.monotonic()))
+                    kind, payload = await asyncio.wait_for(
+                        events.get(), None if deadline is None else max(0.0, deadline - time.monotonic()))
                 except TimeoutError:
                     raise P.ProtocolError("TIMEOUT", f"request ran past {server.cfg.request_timeout_s:g} s",
                                           request_id) from None
-                if kind == "audio":
+                if kind == "text_end":
+                    deadline = time.monotonic() + server.cfg.request_timeout_s
+                elif kind == "audio":
                     if spoken.first_audio_s is None:
                         spoken.first_audio_s = time.monotonic() - spoken.started_at
                         server.metrics.first_audio(interface, spoken.first_audio_s)
@@ -197,8 +213,28 @@ async def speech(server: ServerView, utt: Utterance, interface: str, label: str 
         outcome = exc.code
         raise
     finally:
+        if feeder is not None:
+            feeder.cancel()
         if job is not None:
             server.cancel(job)  # a no-op for a finished job
         server.metrics.request_done(interface, outcome)
         if spoken.sample_rate:
             server.metrics.audio(interface, spoken.samples / spoken.sample_rate)
+
+
+async def _feed(server: ServerView, job: Job, more_text: asyncio.Queue, events: asyncio.Queue) -> None:
+    """Hand a streamed job's text to the device worker as it comes; its end (None) starts the
+    request timeout. A refusal becomes the stream's error."""
+    while True:
+        piece = await more_text.get()
+        try:
+            server.append_text(job, piece)
+        except queue.Full:
+            events.put_nowait(("error", ("RATE_LIMITED", "the device queue is full; retry shortly")))
+            return
+        except WorkerStopped:
+            events.put_nowait(("error", ("SYNTHESIS_ERROR", "server is shutting down")))
+            return
+        if piece is None:
+            events.put_nowait(("text_end", None))
+            return

@@ -4,9 +4,16 @@ Wyoming is JSON-line events over plain TCP (the `wyoming` package does the frami
 `describe` once, then per reply either sends one `synthesize`, answered by `audio-start`,
 `audio-chunk`s, `audio-stop`; or streams LLM output: `synthesize-start`, `synthesize-chunk`s,
 a compatibility `synthesize` with the whole text (ignored here: it would be spoken twice),
-`synthesize-stop`, answered per sentence with start/chunks/stop and finally
-`synthesize-stopped`. Every utterance goes through server/speech.py, so a text, voice and seed
-sound the same here as on the WebSocket and HTTP ports.
+`synthesize-stop`, answered by one audio-start, chunks, audio-stop and `synthesize-stopped`.
+A stream is spoken as one streamed-text utterance (the WebSocket's `textStream`): audio starts
+as soon as the first words are in, and it is the same audio as a one-shot `synthesize` of the
+whole answer, not a string of separately spoken sentences. Only an answer longer than half the
+server's `max_text_chars` is cut, at its next sentence end, into utterances of their own (one
+start/chunks/stop each), so a long answer is spoken in full rather than cut at
+`max_audio_seconds`; a pause in the text longer than `text_idle_timeout_s` ends the utterance
+too (what came before it is spoken; what follows starts the next one). Every utterance goes
+through server/speech.py, so a text, voice and seed sound the same here as on the WebSocket
+and HTTP ports.
 
 Each connection has one speaker task fed by a queue, so events keep being read while audio
 is made: sentences are spoken as soon as they are complete, and a client that goes away is
@@ -25,7 +32,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 
 import numpy as np
@@ -52,9 +59,9 @@ ATTRIBUTION = Attribution(name="Qwen3-TTS (Alibaba Qwen), qwen3tts-jax", url="ht
 ISO_CODES = {"chinese": "zh", "english": "en", "german": "de", "italian": "it", "portuguese": "pt",
              "spanish": "es", "japanese": "ja", "korean": "ko", "french": "fr", "russian": "ru"}
 
-# A sentence ends at . ! ? or … followed by whitespace (not at the end of what has arrived:
-# "3." may be followed by "14" in the next chunk), at Chinese/Japanese full stops (no space
-# follows those), closing quotes and brackets included, and at every newline.
+# Where a long answer may be cut into utterances: . ! ? or … followed by whitespace (not at
+# the end of what has arrived: "3." may be followed by "14" in the next chunk), Chinese/Japanese
+# full stops (no space follows those), closing quotes and brackets included, and every newline.
 SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|[。！？]+[\"'”’）」』]*|\n")
 
 
@@ -74,17 +81,6 @@ def model_language(value: str | None, languages: list[str]) -> str:
     return by_name.get(value) or by_code.get(re.split(r"[-_]", value)[0]) or "auto"
 
 
-def split_sentences(text: str) -> tuple[list[str], str]:
-    """(the complete sentences in `text`, stripped and non-blank; the unfinished rest)."""
-    sentences, start = [], 0
-    for m in SENTENCE_END.finditer(text):
-        sentence = text[start:m.end()].strip()
-        if sentence:
-            sentences.append(sentence)
-        start = m.end()
-    return sentences, text[start:]
-
-
 def cut(text: str, limit: int) -> tuple[str, str]:
     """(at most `limit` characters of `text`, ended at whitespace where there is some; the rest)."""
     if len(text) <= limit:
@@ -94,13 +90,16 @@ def cut(text: str, limit: int) -> tuple[str, str]:
     return text[:at], text[at:]
 
 
-def bounded(text: str, limit: int) -> list[str]:
-    """`text` in pieces of at most `limit` characters, so a long sentence is spoken, not refused."""
-    pieces = []
-    while text.strip():
-        piece, text = cut(text.strip(), limit)
-        pieces.append(piece.strip())
-    return pieces
+def part_end(text: str, limit: int) -> int | None:
+    """Where an utterance that has had its share should end in `text`, what arrived after that:
+    just after its first sentence end, or at whitespace (else anywhere) when no sentence end
+    comes within `limit` characters; None: not yet (wait for more text)."""
+    m = SENTENCE_END.search(text, 0, limit + 1)
+    if m is not None and m.end() <= limit:
+        return m.end()
+    if len(text) > limit:
+        return len(cut(text, limit)[0])
+    return None
 
 
 def text_of(event: Event) -> str:
@@ -133,19 +132,31 @@ def describe(server: ServerView) -> Info:
 
 
 @dataclass
+class Part:
+    """One utterance of a stream: its text is fed through `text` as it arrives (None: its end)."""
+
+    utterance: Utterance
+    text: asyncio.Queue = field(default_factory=asyncio.Queue)
+    chars: int = 0
+
+
+@dataclass
 class Stream:
     """One synthesize-start … synthesize-stop session."""
 
     voice: str | None = None
     language: str = "auto"
-    text: str = ""  # what has arrived and is not yet a complete sentence
+    part: Part | None = None  # the utterance its text goes to now
+    held: str = ""  # arrived, not yet fed: blank text before a first word, or a long part's unfinished sentence
+    parts: int = 0  # utterances opened so far
     failed: bool = False  # its error (and synthesize-stopped) went out: drop the rest
+    idle_timer: asyncio.TimerHandle | None = None
 
 
 class WyomingHandler(AsyncEventHandler):
-    """One connection. Replies are queued as (stream, what): `what` is an Utterance to speak, a
-    ProtocolError to report, or None for a stream's end; `stream` is None for a one-shot
-    `synthesize`."""
+    """One connection. Replies are queued as (stream, what): `what` is an Utterance to speak (a
+    Part, for a stream), a ProtocolError to report, or None for a stream's end; `stream` is None
+    for a one-shot `synthesize`."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, owner: WyomingServer,
                  conn_id: str):
@@ -169,6 +180,8 @@ class WyomingHandler(AsyncEventHandler):
             self.owner.handlers.discard(self)
 
     async def disconnect(self) -> None:
+        if self.stream is not None and self.stream.idle_timer is not None:
+            self.stream.idle_timer.cancel()
         # Cancelling the speaker leaves its `speech` block, which frees the device slot.
         if self.speaker is not None and not self.speaker.done():
             self.speaker.cancel()
@@ -212,27 +225,68 @@ class WyomingHandler(AsyncEventHandler):
                 model_language(language if isinstance(language, str) else None, self.server.languages))
 
     def add_text(self, stream: Stream, text: str) -> None:
-        """Speak each sentence `text` completes; a run of text longer than the limit with no
-        sentence end in it is spoken in pieces, so the buffer stays bounded."""
-        sentences, stream.text = split_sentences(stream.text + text)
+        """Feed `text` to the stream's utterance (opening one at its first word). An utterance
+        takes everything until it has half of `max_text_chars`; then it ends at its next sentence
+        end (or at whitespace by `max_text_chars`) and the rest opens the next one."""
         limit = self.server.cfg.max_text_chars
-        while len(stream.text) > limit:
-            piece, stream.text = cut(stream.text, limit)
-            sentences.append(piece)
-        for sentence in sentences:
-            for piece in bounded(sentence, limit):
-                self.say(stream, piece)
+        share = max(1, limit // 2)
+        stream.held += text
+        self.arm_idle_timer(stream)
+        while stream.held:
+            if stream.part is None:
+                if stream.parts:  # a continuation: the cut stands for the whitespace before it
+                    stream.held = stream.held.lstrip()
+                if not stream.held.strip():
+                    return  # blank so far: it goes with the first word
+                stream.part = Part(Utterance("", stream.voice, stream.language, text_open=True))
+                stream.parts += 1
+                self.reply(stream, stream.part)
+            part = stream.part
+            if part.chars < share:
+                take, stream.held = stream.held[:share - part.chars], stream.held[share - part.chars:]
+                self.feed(part, take)
+                continue
+            at = part_end(stream.held, limit - part.chars)
+            if at is None:
+                return
+            stream.held, rest = stream.held[:at], stream.held[at:]
+            self.end_part(stream)
+            stream.held = rest
+
+    def feed(self, part: Part, text: str) -> None:
+        if text:
+            part.chars += len(text)
+            part.text.put_nowait(text)
+
+    def end_part(self, stream: Stream) -> None:
+        """End the stream's utterance with the text it holds."""
+        if stream.part is not None:
+            self.feed(stream.part, stream.held)
+            stream.part.text.put_nowait(None)
+            stream.part, stream.held = None, ""
+
+    def arm_idle_timer(self, stream: Stream) -> None:
+        if stream.idle_timer is not None:
+            stream.idle_timer.cancel()
+        stream.idle_timer = asyncio.get_running_loop().call_later(
+            self.server.cfg.text_idle_timeout_s, self.on_text_idle, stream)
+
+    def on_text_idle(self, stream: Stream) -> None:
+        """No text for a while (an LLM calling a tool, a stalled client): speak what there is
+        rather than hold a device slot open; more text starts a new utterance."""
+        stream.idle_timer = None
+        if stream is self.stream and stream.part is not None:
+            log.info(json.dumps({"event": "wyoming_text_idle", "conn": self.conn_id, "chars": stream.part.chars}))
+            self.end_part(stream)
 
     def end_stream(self) -> None:
         stream, self.stream = self.stream or Stream(), None  # a stray stop still gets its stopped
-        for piece in bounded(stream.text, self.server.cfg.max_text_chars):
-            self.say(stream, piece)
+        if stream.idle_timer is not None:
+            stream.idle_timer.cancel()
+        self.end_part(stream)
         self.reply(stream, None)
 
-    def say(self, stream: Stream, text: str) -> None:
-        self.reply(stream, Utterance(text, stream.voice, stream.language))
-
-    def reply(self, stream: Stream | None, what: Utterance | P.ProtocolError | None) -> None:
+    def reply(self, stream: Stream | None, what: Utterance | Part | P.ProtocolError | None) -> None:
         self.replies.put_nowait((stream, what))
         if self.speaker is None:
             self.speaker = asyncio.create_task(self.speak_all(), name=f"wyoming speaker {self.conn_id}")
@@ -256,6 +310,8 @@ class WyomingHandler(AsyncEventHandler):
                         raise what
                     if what is None:
                         await self.write(SynthesizeStopped().event())
+                    elif isinstance(what, Part):
+                        await self.speak(what.utterance, what)
                     else:
                         await self.speak(what)
                 except P.ProtocolError as exc:
@@ -278,16 +334,19 @@ class WyomingHandler(AsyncEventHandler):
             stream.failed = True
             await self.write(SynthesizeStopped().event())
 
-    async def speak(self, utt: Utterance) -> None:
+    async def speak(self, utt: Utterance, part: Part | None = None) -> None:
+        """Speak `utt`; a stream's `part` brings the rest of its text."""
         t0 = time.monotonic()
-        async with speech(self.server, utt, "wyoming", label=f"wyoming/{self.conn_id}") as (chunks, spoken):
+        async with speech(self.server, utt, "wyoming", label=f"wyoming/{self.conn_id}",
+                          more_text=part.text if part else None) as (chunks, spoken):
             resample = StreamResampler(spoken.sample_rate, OUTPUT_RATE)
             await self.write(AudioStart(rate=OUTPUT_RATE, width=WIDTH, channels=CHANNELS).event())
             async for pcm in chunks:
                 await self.send_audio(resample.process(pcm))
             await self.send_audio(resample.flush())
         await self.write(AudioStop().event())
-        log.info(json.dumps({"event": "wyoming_speech", "conn": self.conn_id, "chars": len(utt.text),
+        log.info(json.dumps({"event": "wyoming_speech", "conn": self.conn_id, "streamed": part is not None,
+                             "chars": part.chars if part else len(utt.text),
                              "voice": utt.voice, "language": utt.language, "samples": spoken.samples,
                              "ms": round(1000 * (time.monotonic() - t0), 1),
                              "firstAudioMs": None if spoken.first_audio_s is None

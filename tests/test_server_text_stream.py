@@ -1,7 +1,8 @@
 """Streamed text over /api/v1/speak: `speak` with `textStream`, `appendText`, `endText`.
 
 The real engine on a tiny checkpoint: a streamed request's pcm32f equals, byte for byte, one
-`speak` of the whole text with the same seed, however the text was split and timed. The fake
+`speak` of the whole text with the same seed, however the text was split and timed; so does
+Home Assistant's streamed answer over Wyoming. The fake
 engine: the protocol's edges (no open request, endText twice, cancel while waiting, idle
 timeout, the text cap, a streamed request queued behind another).
 """
@@ -10,13 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
+from wyoming.client import AsyncTcpClient
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
 from tests.fake_engine import FakeTTS
 from tests.server_harness import Client, arun, expected_pcm, running_server
 from tests.test_server_engine import real_loader, tts  # noqa: F401 - the module's tiny model fixture
 from tests.test_server_voices import wav_b64
+from tests.test_wyoming import read_until, utterances, wyoming_server
 
 TEXT = "Hello there, this is a streamed test. The words arrive one by one, as an LLM writes them."
 
@@ -202,3 +207,40 @@ def test_malformed_stream_messages(tmp_path, bad):
                 err = await c.recv_json()
                 assert err["type"] == "error" and err["code"] == "BAD_REQUEST"
     arun(body())
+
+
+def test_wyoming_stream_starts_early_and_equals_the_whole_text(tmp_path, tts):  # noqa: F811
+    """Home Assistant's streaming flow over Wyoming: audio arrives while the answer is still being
+    written, and it is byte for byte the audio of one `synthesize` of the whole answer (random
+    cuts, a pause after each)."""
+    text = "Hello there, this is a streamed answer. The words arrive one by one, as an LLM writes them."
+    # The tiny random model never says its end token: the frame budgets must be the same.
+    async def body():
+        async with wyoming_server(tmp_path, loader=real_loader(tts, 2), batch_slots=2,
+                                  max_audio_seconds=3.0) as (srv, wyoming):  # as test_wyoming's SAME_BUDGET
+            async with Client.open(srv) as c:  # an x-vector voice: its prefill needs no text
+                await c.send(type="registerVoice", voiceId="xv", audio=wav_b64(2.0))
+                assert (await c.recv_json())["type"] == "voiceRegistered"
+            voice = SynthesizeVoice(name="xv")
+            async with AsyncTcpClient("127.0.0.1", wyoming.port) as client:
+                await client.write_event(Synthesize(text, voice=voice).event())
+                [whole] = utterances(await read_until(client, "audio-stop"))
+                assert len(whole) > 0
+                for trial in range(2):
+                    rng = random.Random(trial)
+                    cuts = sorted(rng.sample(range(1, len(text)), 8))
+                    chunks = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+                    await client.write_event(SynthesizeStart(voice=voice).event())
+                    reading = asyncio.create_task(read_until(client, "synthesize-stopped", timed=True))
+                    for chunk in chunks:
+                        await client.write_event(SynthesizeChunk(chunk).event())
+                        await asyncio.sleep(0.1)
+                    text_done = time.monotonic()
+                    await client.write_event(Synthesize(text, voice=voice).event())
+                    await client.write_event(SynthesizeStop().event())
+                    events = await reading
+                    first_audio = next(t for e, t in events if e.type == "audio-chunk")
+                    assert first_audio < text_done - 0.2, "no audio while the text was being written"
+                    events = [e for e, _ in events]
+                    assert utterances(events) == [whole], trial
+    arun(body(), timeout=300)

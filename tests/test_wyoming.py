@@ -3,7 +3,8 @@
 HA's Wyoming integration talks through `wyoming.client.AsyncTcpClient`, so these tests send
 HA's exact event sequences through that class. The server is real (the device worker, the
 shared speech path); the model is the deterministic fake, so the audio is compared byte for
-byte with what the fake makes for each sentence.
+byte with what the fake makes for each text. On the real engine, a streamed answer equals a
+one-shot `synthesize` of the whole text: tests/test_server_text_stream.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import time
 
-from qwen3tts_jax.server.wyoming import bounded, model_language, split_sentences
+from qwen3tts_jax.server.wyoming import model_language, part_end
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
@@ -24,6 +25,10 @@ from tests.fake_engine import FRAME, LANGUAGES, FakeTTS
 from tests.server_harness import arun, expected_pcm, running_server
 
 TIMEOUT = 8.0
+# A streamed text's frame budget is all of max_audio_seconds (its length is not known when it
+# starts); a whole text's is min(max_audio_seconds, 3 s + 0.25 s a character). Under 3 s they
+# are the same, so the fake's streamed audio can be compared with its whole-text audio.
+SAME_BUDGET = {"max_audio_seconds": 1.0}
 
 
 @contextlib.asynccontextmanager
@@ -33,13 +38,13 @@ async def wyoming_server(tmp_path, fake: FakeTTS | None = None, **overrides):
         yield srv, srv.wyoming
 
 
-async def read_until(client: AsyncTcpClient, last: str) -> list[Event]:
-    """Events up to and including the first of type `last`."""
+async def read_until(client: AsyncTcpClient, last: str, timed: bool = False) -> list:
+    """Events up to and including the first of type `last` (with `timed`, as (event, arrival time))."""
     events = []
     while True:
         event = await asyncio.wait_for(client.read_event(), TIMEOUT)
         assert event is not None, f"connection closed after {[e.type for e in events]}"
-        events.append(event)
+        events.append((event, time.monotonic()) if timed else event)
         if event.type == last:
             return events
 
@@ -105,29 +110,61 @@ def test_one_shot_synthesize_is_the_fakes_audio(tmp_path):
     arun(body())
 
 
-def test_has_streaming_sequence_speaks_each_sentence_once(tmp_path):
+def test_has_streaming_sequence_is_one_utterance_of_the_whole_text(tmp_path):
     chunks = ["Hello the", "re. How are", " you to", "day?"]
-    sentences = ["Hello there.", "How are you today?"]
+    whole = "".join(chunks)
     voice = SynthesizeVoice(name="default")
 
     async def body():
-        async with wyoming_server(tmp_path) as (srv, wyoming), AsyncTcpClient("127.0.0.1", wyoming.port) as client:
+        async with wyoming_server(tmp_path, **SAME_BUDGET) as (srv, wyoming), \
+                AsyncTcpClient("127.0.0.1", wyoming.port) as client:
             await client.write_event(SynthesizeStart(voice=voice).event())
-            for chunk in chunks[:2]:
+            for chunk in chunks:
                 await client.write_event(SynthesizeChunk(chunk).event())
-            events = await read_until(client, "audio-start")  # the first sentence speaks while text streams
-            for chunk in chunks[2:]:
-                await client.write_event(SynthesizeChunk(chunk).event())
-            await client.write_event(Synthesize("".join(chunks), voice=voice).event())  # HA's compat copy
+            await client.write_event(Synthesize(whole, voice=voice).event())  # HA's compat copy: not spoken again
             await client.write_event(SynthesizeStop().event())
-            events += await read_until(client, "synthesize-stopped")
-            assert events[-1].type == "synthesize-stopped"
-            assert [e.type for e in events].count("audio-start") == 2
-            assert utterances(events) == [expected_pcm(srv, s, encoding="pcm16", language="auto") for s in sentences]
+            events = await read_until(client, "synthesize-stopped")
+            assert utterances(events) == [expected_pcm(srv, whole, encoding="pcm16", language="auto")]
             # nothing else is queued: the next answer is the describe's
             await client.write_event(Describe().event())
             assert (await asyncio.wait_for(client.read_event(), TIMEOUT)).type == "info"
-            assert spoken_texts(srv) == sentences
+            assert spoken_texts(srv) == [whole]
+    arun(body())
+
+
+def test_long_answer_is_cut_at_sentence_ends_into_utterances(tmp_path):
+    # max_text_chars 40: an utterance takes 20 characters, then ends at its next sentence end
+    text = "The first sentence is here. Second one is longer than that. Third."
+    parts = ["The first sentence is here.", "Second one is longer than that.", "Third."]
+
+    async def body():
+        async with wyoming_server(tmp_path, max_text_chars=40, **SAME_BUDGET) as (srv, wyoming), \
+                AsyncTcpClient("127.0.0.1", wyoming.port) as client:
+            for chunks in ([text], [text[i:i + 3] for i in range(0, len(text), 3)]):
+                await client.write_event(SynthesizeStart().event())
+                for chunk in chunks:
+                    await client.write_event(SynthesizeChunk(chunk).event())
+                await client.write_event(SynthesizeStop().event())
+                events = await read_until(client, "synthesize-stopped")
+                assert spoken_texts(srv)[-3:] == parts
+                assert utterances(events) == [expected_pcm(srv, p, encoding="pcm16", language="auto") for p in parts]
+    arun(body())
+
+
+def test_a_pause_in_the_text_speaks_what_came_before_it(tmp_path):
+    async def body():
+        async with wyoming_server(tmp_path, text_idle_timeout_s=0.3, **SAME_BUDGET) as (srv, wyoming), \
+                AsyncTcpClient("127.0.0.1", wyoming.port) as client:
+            await client.write_event(SynthesizeStart().event())
+            await client.write_event(SynthesizeChunk("Let me check the weather.").event())
+            events = await read_until(client, "audio-stop")  # spoken after the pause, not held
+            await client.write_event(SynthesizeChunk(" It is sunny.").event())
+            await client.write_event(SynthesizeStop().event())
+            events += await read_until(client, "synthesize-stopped")
+            assert "error" not in [e.type for e in events]
+            assert spoken_texts(srv) == ["Let me check the weather.", "It is sunny."]
+            assert utterances(events) == [expected_pcm(srv, t, encoding="pcm16", language="auto")
+                                          for t in spoken_texts(srv)]
     arun(body())
 
 
@@ -163,7 +200,7 @@ def test_errors_end_what_the_client_waits_for(tmp_path):
     arun(body())
 
 
-def test_long_streamed_sentence_is_split_not_refused(tmp_path):
+def test_long_streamed_text_without_sentence_ends_is_cut_at_spaces_not_refused(tmp_path):
     words = "one two three four five six seven eight nine ten"  # 48 characters, no sentence end
 
     async def body():
@@ -175,8 +212,8 @@ def test_long_streamed_sentence_is_split_not_refused(tmp_path):
             events = await read_until(client, "synthesize-stopped")
             assert "error" not in [e.type for e in events]
             spoken = spoken_texts(srv)
-            assert len(utterances(events)) == len(spoken) == 3
-            assert all(len(s) <= 20 for s in spoken) and " ".join(spoken) == words
+            assert spoken == ["one two three four", "five six seven eight", "nine ten"]
+            assert len(utterances(events)) == 3
             # a one-shot text over the limit is refused as on the other ports
             await client.write_event(Synthesize(words).event())
             assert Error.from_event((await read_until(client, "error"))[-1]).code == "INVALID_TEXT"
@@ -200,10 +237,14 @@ def test_disconnect_mid_utterance_frees_the_slot(tmp_path):
 
 
 def test_text_helpers():
-    assert split_sentences("Hi. Pi is 3.") == (["Hi."], " Pi is 3.")  # "3." may go on in the next chunk
-    assert split_sentences('He said "no." Then 你好。再见！') == (['He said "no."', "Then 你好。", "再见！"], "")
-    assert split_sentences("a\n\nb") == (["a"], "b")
-    assert bounded("abcdefghij klm", 5) == ["abcde", "fghij", "klm"]
+    assert part_end("Hi. Pi is 3.", 20) == 3
+    assert part_end("Pi is 3.", 20) is None  # "3." may go on in the next chunk: wait
+    assert part_end('He said "no." Then', 20) == len('He said "no."')
+    assert part_end("你好。再见", 20) == 3
+    assert part_end("a\nb", 20) == 2
+    assert part_end("abc defgh ijk", 10) == 9  # no sentence end within the limit: at a space
+    assert part_end("abcdefghijkl", 5) == 5  # one unbroken word: anywhere
+    assert part_end("abc. def", 3) == 3  # a sentence end past the limit does not count
     names = list(LANGUAGES)
     assert [model_language(v, names) for v in ("en", "en_US", "pt-BR", "English", "zh", None, "xx")] == \
         ["English", "English", "Portuguese", "English", "Chinese", "auto", "auto"]
