@@ -218,9 +218,11 @@ class BatchEngine:
 
     def end_text(self, slot: int) -> None:
         """`slot`'s text is complete: its last ids and the text's EOS follow. ValueError (and the
-        slot freed) if the text had no words."""
+        slot freed) if the text had no words (none, or only whitespace, as `admit` refuses)."""
         s = self._open_text(slot)
         try:
+            if s.text.blank:
+                raise ValueError("text is empty")
             new = s.text.end()
         except ValueError:
             self.release(slot)

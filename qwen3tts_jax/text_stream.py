@@ -78,6 +78,11 @@ class TextStream:
         return new
 
     @property
+    def blank(self) -> bool:
+        """Nothing but whitespace has come (yet): no words to speak."""
+        return self._at_start and not self._tail.strip()
+
+    @property
     def pending_chars(self) -> int:
         """Characters received and not yet committed as ids."""
         return len(self._tail)

@@ -202,6 +202,12 @@ def test_bad_use_is_a_clear_error(base):
     with pytest.raises(ValueError, match="empty"):
         engine.end_text(0)  # no words at all
     assert 0 not in engine.active_slots()
+    engine.open(0, request(xvec))
+    engine.append_text(0, "   ")
+    engine.append_text(0, "\n\t")
+    with pytest.raises(ValueError, match="empty"):
+        engine.end_text(0)  # only whitespace: refused like a blank whole text, not spoken
+    assert 0 not in engine.active_slots()
 
 
 @pytest.fixture(scope="module")

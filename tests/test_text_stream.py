@@ -127,3 +127,9 @@ def test_bad_use_is_a_clear_error(tok):
         s.append("more")
     with pytest.raises(ValueError, match="empty"):
         TextStream(tok).end()
+    blank = TextStream(tok)  # only whitespace: ids to tokenize, but no words to speak
+    for piece in ("   ", "\n\t", " "):
+        blank.append(piece)
+        assert blank.blank and blank.committed == []
+    blank.append("a")
+    assert not blank.blank
