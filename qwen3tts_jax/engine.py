@@ -216,9 +216,11 @@ class BatchEngine:
         else:
             s.queued += new
 
-    def end_text(self, slot: int) -> None:
-        """`slot`'s text is complete: its last ids and the text's EOS follow. ValueError (and the
-        slot freed) if the text had no words (none, or only whitespace, as `admit` refuses)."""
+    def end_text(self, slot: int, max_new_frames: int | None = None) -> None:
+        """`slot`'s text is complete: its last ids and the text's EOS follow. `max_new_frames`
+        lowers the row's frame budget now that the text's length is known (a server gives a
+        whole text a budget by its length; a streamed one gets the same, here). ValueError (and
+        the slot freed) if the text had no words (none, or only whitespace, as `admit` refuses)."""
         s = self._open_text(slot)
         try:
             if s.text.blank:
@@ -227,6 +229,13 @@ class BatchEngine:
         except ValueError:
             self.release(slot)
             raise
+        if max_new_frames is not None:
+            budget = min(max_new_frames, s.request.max_new_frames or max_new_frames)
+            s.request = dataclasses.replace(s.request, max_new_frames=max(1, budget))
+            if slot in self._slots:  # already prefilled: its row's budget on the device too
+                row = self._rows.index(slot)
+                self.state = dataclasses.replace(
+                    self.state, max_frames=self.state.max_frames.at[row].min(s.request.max_new_frames))
         if slot in self._opening:  # never prefilled (a short text, an ICL clone): all of it at once
             del self._opening[slot]
             r = s.request

@@ -156,11 +156,18 @@ class TTSServer:
         if job.worker is not None:
             job.worker.cancel(job)
 
-    def append_text(self, job: Job, text: str | None) -> None:
-        """More of a streamed job's text (None: its end); queue.Full when the worker is saturated."""
+    def append_text(self, job: Job, text: str) -> None:
+        """More of a streamed job's text; queue.Full when the worker is saturated."""
         if job.worker is None:
             raise WorkerStopped("not submitted")
-        job.worker.end_text(job) if text is None else job.worker.append_text(job, text)
+        job.worker.append_text(job, text)
+
+    def end_text(self, job: Job, max_new_frames: int | None = None) -> None:
+        """A streamed job's text is complete; `max_new_frames` becomes its budget (see
+        `speech.streamed_budget`). queue.Full when the worker is saturated."""
+        if job.worker is None:
+            raise WorkerStopped("not submitted")
+        job.worker.end_text(job, max_new_frames)
 
     def check_token(self, presented: str | None) -> bool:
         if self.cfg.auth_token is None:

@@ -79,12 +79,17 @@ class Backend:
         """A request with the checkpoint's defaults under the client's `sampling` (None keeps the
         default; `speaker=` and `instruct=` pass through). Without `max_new_frames`, a budget
         guards against a missing EOS: about 0.25 s of audio per character + 3 s, at most
-        `max_audio_seconds` (all of it for a streamed text, whose length is not known yet)."""
+        `max_audio_seconds` (all of it for a streamed text, whose length is not known yet: it
+        gets `frame_budget` of its length at its end)."""
         if max_new_frames is None:
-            seconds = max_audio_seconds if text_open else min(max_audio_seconds, 3.0 + 0.25 * len(text))
-            max_new_frames = max(1, int(seconds * self.frame_rate))
+            max_new_frames = (max(1, int(max_audio_seconds * self.frame_rate)) if text_open
+                              else self.frame_budget(len(text), max_audio_seconds))
         return self.defaults.request(text, voice, language, seed=seed, max_new_frames=max_new_frames,
                                      non_streaming_text=False if text_open else None, **sampling)
+
+    def frame_budget(self, chars: int, max_audio_seconds: float) -> int:
+        """The frames a text of `chars` characters may take without an EOS (see make_request)."""
+        return max(1, int(min(max_audio_seconds, 3.0 + 0.25 * chars) * self.frame_rate))
 
 
 def model_fingerprint(path: str) -> str:

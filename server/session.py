@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from . import protocol as P
 from .resample import StreamResampler
-from .speech import ServerView, Utterance, build_request, check_instruct, check_text, submit
+from .speech import ServerView, Utterance, build_request, check_instruct, check_text, streamed_budget, submit
 from .voices import canonical_language
 from .worker import Job, WorkerStopped
 
@@ -75,6 +75,7 @@ class TextFeed:
     pieces: list[str] = field(default_factory=list)
     ended: bool = False
     job: Job | None = None
+    sampling: P.Sampling | None = None  # its request's, set with `job` (its budget at endText)
     idle_timer: asyncio.TimerHandle | None = None
     # Its audio ended before its text did (the model's end token, maxFrames): the rest of the
     # text is taken and dropped, so an LLM still writing sees no errors.
@@ -358,7 +359,10 @@ class Session:
                 feed.pieces.append(text)
             return
         try:
-            self.server.append_text(feed.job, text)
+            if text is None:
+                self.server.end_text(feed.job, streamed_budget(self.server, feed.sampling, feed.chars))
+            else:
+                self.server.append_text(feed.job, text)
         except (queue.Full, WorkerStopped):
             self._fail_feed(feed, "RATE_LIMITED", "the device queue is full; retry shortly")
 
@@ -423,7 +427,7 @@ class Session:
         except P.ProtocolError as exc:
             return self._fail(run, exc.code, exc.message)
         if run.feed is not None:  # what arrived while it was queued; the request timeout starts at endText
-            run.feed.job = run.job
+            run.feed.job, run.feed.sampling = run.job, utt.sampling
             for piece in run.feed.pieces:
                 self._feed(run.feed, piece)
             run.feed.pieces.clear()

@@ -53,7 +53,8 @@ class ServerView(Protocol):
     async def register_voice(self, msg: P.RegisterVoice) -> Voice: ...
     def submit(self, job: Job) -> None: ...
     def cancel(self, job: Job) -> None: ...
-    def append_text(self, job: Job, text: str | None) -> None: ...
+    def append_text(self, job: Job, text: str) -> None: ...
+    def end_text(self, job: Job, max_new_frames: int | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,16 @@ async def build_request(server: ServerView, utt: Utterance, request_id: str | No
     return request, backend.sample_rate
 
 
+def streamed_budget(server: ServerView, sampling: P.Sampling, chars: int) -> int | None:
+    """The frame budget of a streamed text that has ended with `chars` characters: a whole
+    text's of that length, so it stops where one `speak` of the whole text would (its budget
+    until then is all of `max_audio_seconds`); None when the client set maxFrames."""
+    b = server.backend
+    if sampling.max_frames is not None or b is None:
+        return None
+    return b.frame_budget(chars, server.cfg.max_audio_seconds)
+
+
 def submit(server: ServerView, job: Job, request_id: str | None = None) -> None:
     """Queue `job` on the device worker, its refusals as protocol errors."""
     try:
@@ -182,7 +193,7 @@ async def speech(server: ServerView, utt: Utterance, interface: str, label: str 
                   text_open=utt.text_open)
         submit(server, job, request_id)
         if utt.text_open:
-            feeder = asyncio.create_task(_feed(server, job, more_text, events), name=f"text feed {label}")
+            feeder = asyncio.create_task(_feed(server, job, utt, more_text, events), name=f"text feed {label}")
         deadline = None if utt.text_open else time.monotonic() + server.cfg.request_timeout_s
 
         async def chunks() -> AsyncIterator[np.ndarray]:
@@ -222,13 +233,19 @@ async def speech(server: ServerView, utt: Utterance, interface: str, label: str 
             server.metrics.audio(interface, spoken.samples / spoken.sample_rate)
 
 
-async def _feed(server: ServerView, job: Job, more_text: asyncio.Queue, events: asyncio.Queue) -> None:
-    """Hand a streamed job's text to the device worker as it comes; its end (None) starts the
-    request timeout. A refusal becomes the stream's error."""
+async def _feed(server: ServerView, job: Job, utt: Utterance, more_text: asyncio.Queue,
+                events: asyncio.Queue) -> None:
+    """Hand a streamed job's text to the device worker as it comes; its end (None) sets its
+    frame budget and starts the request timeout. A refusal becomes the stream's error."""
+    chars = len(utt.text)
     while True:
         piece = await more_text.get()
         try:
-            server.append_text(job, piece)
+            if piece is None:
+                server.end_text(job, streamed_budget(server, utt.sampling, chars))
+            else:
+                chars += len(piece)
+                server.append_text(job, piece)
         except queue.Full:
             events.put_nowait(("error", ("RATE_LIMITED", "the device queue is full; retry shortly")))
             return

@@ -52,6 +52,7 @@ class Job:
         self.text_open = text_open
         self.pieces: list[str] = []
         self.text_ended = False
+        self.final_frames: int | None = None  # the frame budget given with the end of its text
         self.cancel_requested = False
         self.left = False  # it has left its worker (done, failed or dropped): counted once
         self.worker: DeviceWorker | None = None  # where it was submitted (set by the server)
@@ -119,9 +120,9 @@ class DeviceWorker:
         """More text for a streamed job (in order); raises queue.Full when the worker is saturated."""
         self._commands.put_nowait(("append", (job, text)))
 
-    def end_text(self, job: Job) -> None:
-        """A streamed job's text is complete."""
-        self._commands.put_nowait(("end", job))
+    def end_text(self, job: Job, max_new_frames: int | None = None) -> None:
+        """A streamed job's text is complete (`max_new_frames`: its budget, now that its length is known)."""
+        self._commands.put_nowait(("end", (job, max_new_frames)))
 
     def cancel(self, job: Job) -> None:
         """Drop a job; the worker releases its slot before its next step."""
@@ -222,17 +223,21 @@ class DeviceWorker:
         pending = {"high": deque(), "normal": deque()}
         warm: deque = deque(maxlen=8)
 
-        def feed_text(job: Job, text: str | None) -> None:
-            """A piece of a streamed job's text (None: its end), now if it has a slot, else later."""
+        def feed_text(job: Job, text: str | None, max_new_frames: int | None = None) -> None:
+            """A piece of a streamed job's text (None: its end, with its frame budget), now if it
+            has a slot, else later."""
             if job.slot is None or active.get(job.slot) is not job:
                 if job.slot is None and not job.cancel_requested:  # not admitted yet: kept for admission
                     if text is None:
-                        job.text_ended = True
+                        job.text_ended, job.final_frames = True, max_new_frames
                     else:
                         job.pieces.append(text)
                 return
             try:
-                engine.end_text(job.slot) if text is None else engine.append_text(job.slot, text)
+                if text is None:
+                    engine.end_text(job.slot, max_new_frames=max_new_frames)
+                else:
+                    engine.append_text(job.slot, text)
             except ValueError as exc:
                 self._emit(job, "error", ("INVALID_TEXT", str(exc)))
                 release(job.slot)
@@ -243,7 +248,7 @@ class DeviceWorker:
                 engine.append_text(slot, piece)
             job.pieces.clear()
             if job.text_ended:
-                engine.end_text(slot)
+                engine.end_text(slot, max_new_frames=job.final_frames)
 
         def release(slot: int) -> None:
             job = active.pop(slot, None)
@@ -276,7 +281,7 @@ class DeviceWorker:
                 elif kind == "append":
                     feed_text(*arg)
                 elif kind == "end":
-                    feed_text(arg, None)
+                    feed_text(arg[0], None, arg[1])
                 elif kind == "call":
                     fn, fut = arg
                     try:

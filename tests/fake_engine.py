@@ -121,11 +121,14 @@ class FakeBatchEngine:
             raise ValueError(f"slot {slot} has no open text")
         self._open[slot][1].append(text)
 
-    def end_text(self, slot: int) -> None:
+    def end_text(self, slot: int, max_new_frames: int | None = None) -> None:
         self._same_thread()
         if slot in self._slots:
             return
         request, pieces = self._open.pop(slot)
+        if max_new_frames is not None:  # the budget lowered at the end, as the real engine does
+            request = dataclasses.replace(request, max_new_frames=min(max_new_frames, request.max_new_frames
+                                                                      or max_new_frames))
         self.admit(slot, dataclasses.replace(request, text="".join(pieces)))
 
     @property

@@ -64,6 +64,28 @@ def test_streamed_pcm_equals_the_whole_texts_byte_for_byte(tmp_path, tts):  # no
     arun(body(), timeout=300)
 
 
+def test_without_max_frames_a_streamed_text_stops_where_the_whole_text_does(tmp_path, tts):  # noqa: F811
+    """No maxFrames: a whole text may take 3 s + 0.25 s a character of audio (the tiny random
+    model never says its end token, so it takes all of it); a streamed text, whose length is not
+    known at first, gets the same budget at endText, on the device if it is already speaking (an
+    x-vector voice) or at its prefill (the ICL default voice, whose prompt waits for text)."""
+    text = "Short and sweet."
+
+    async def body():
+        async with running_server(tmp_path, loader=real_loader(tts, 2), batch_slots=2) as srv:
+            async with Client.open(srv) as c:
+                await c.send(type="registerVoice", voiceId="xv", audio=wav_b64(2.0))
+                assert (await c.recv_json())["type"] == "voiceRegistered"
+                for voice in ("xv", "default"):
+                    await c.start(encoding="pcm32f", language="English", voice=voice, seed=5)
+                    whole, done = await c.speak(text)
+                    frames = srv.backend.frame_budget(len(text), srv.cfg.max_audio_seconds)
+                    assert done["audioLengthMs"] == pytest.approx(1000 * frames / srv.backend.frame_rate, abs=1)
+                    pcm, msg = await stream(c, ["Short ", "and ", "sweet", "."], random.Random(1))
+                    assert msg["type"] == "complete" and pcm == whole, voice
+    arun(body(), timeout=300)
+
+
 def test_the_worker_does_not_step_while_every_row_waits(tmp_path, tts):  # noqa: F811
     async def body():
         async with running_server(tmp_path, loader=real_loader(tts, 2), batch_slots=2) as srv:
@@ -214,10 +236,10 @@ def test_wyoming_stream_starts_early_and_equals_the_whole_text(tmp_path, tts):  
     written, and it is byte for byte the audio of one `synthesize` of the whole answer (random
     cuts, a pause after each)."""
     text = "Hello there, this is a streamed answer. The words arrive one by one, as an LLM writes them."
-    # The tiny random model never says its end token: the frame budgets must be the same.
+    # The tiny random model never says its end token: a short audio cap keeps the test quick.
     async def body():
         async with wyoming_server(tmp_path, loader=real_loader(tts, 2), batch_slots=2,
-                                  max_audio_seconds=3.0) as (srv, wyoming):  # as test_wyoming's SAME_BUDGET
+                                  max_audio_seconds=3.0) as (srv, wyoming):
             async with Client.open(srv) as c:  # an x-vector voice: its prefill needs no text
                 await c.send(type="registerVoice", voiceId="xv", audio=wav_b64(2.0))
                 assert (await c.recv_json())["type"] == "voiceRegistered"

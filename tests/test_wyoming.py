@@ -25,10 +25,6 @@ from tests.fake_engine import FRAME, LANGUAGES, FakeTTS
 from tests.server_harness import arun, expected_pcm, running_server
 
 TIMEOUT = 8.0
-# A streamed text's frame budget is all of max_audio_seconds (its length is not known when it
-# starts); a whole text's is min(max_audio_seconds, 3 s + 0.25 s a character). Under 3 s they
-# are the same, so the fake's streamed audio can be compared with its whole-text audio.
-SAME_BUDGET = {"max_audio_seconds": 1.0}
 
 
 @contextlib.asynccontextmanager
@@ -116,7 +112,7 @@ def test_has_streaming_sequence_is_one_utterance_of_the_whole_text(tmp_path):
     voice = SynthesizeVoice(name="default")
 
     async def body():
-        async with wyoming_server(tmp_path, **SAME_BUDGET) as (srv, wyoming), \
+        async with wyoming_server(tmp_path) as (srv, wyoming), \
                 AsyncTcpClient("127.0.0.1", wyoming.port) as client:
             await client.write_event(SynthesizeStart(voice=voice).event())
             for chunk in chunks:
@@ -138,7 +134,7 @@ def test_long_answer_is_cut_at_sentence_ends_into_utterances(tmp_path):
     parts = ["The first sentence is here.", "Second one is longer than that.", "Third."]
 
     async def body():
-        async with wyoming_server(tmp_path, max_text_chars=40, **SAME_BUDGET) as (srv, wyoming), \
+        async with wyoming_server(tmp_path, max_text_chars=40) as (srv, wyoming), \
                 AsyncTcpClient("127.0.0.1", wyoming.port) as client:
             for chunks in ([text], [text[i:i + 3] for i in range(0, len(text), 3)]):
                 await client.write_event(SynthesizeStart().event())
@@ -153,7 +149,7 @@ def test_long_answer_is_cut_at_sentence_ends_into_utterances(tmp_path):
 
 def test_a_pause_in_the_text_speaks_what_came_before_it(tmp_path):
     async def body():
-        async with wyoming_server(tmp_path, text_idle_timeout_s=0.3, **SAME_BUDGET) as (srv, wyoming), \
+        async with wyoming_server(tmp_path, text_idle_timeout_s=0.3) as (srv, wyoming), \
                 AsyncTcpClient("127.0.0.1", wyoming.port) as client:
             await client.write_event(SynthesizeStart().event())
             await client.write_event(SynthesizeChunk("Let me check the weather.").event())
