@@ -22,8 +22,9 @@ class ServerMetrics:
     def __init__(self):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self._requests = Counter("qwen3tts_requests", "Speech requests by how they ended: complete, cancelled, "
-                                 "or the error code", ["interface", "outcome"], registry=r)
+        self._requests = Counter("qwen3tts_requests", "Speech requests accepted, by how they ended: complete, "
+                                 "cancelled, disconnected, or the error code (refusals at the door are only "
+                                 "in qwen3tts_errors_total)", ["interface", "outcome"], registry=r)
         self._errors = Counter("qwen3tts_errors", "Error replies by code", ["interface", "code"], registry=r)
         self._first_audio = Histogram("qwen3tts_first_audio_seconds", "From request received to its first "
                                       "audio leaving the device worker", ["interface"], buckets=LATENCY_BUCKETS,

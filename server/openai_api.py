@@ -69,7 +69,8 @@ class ApiError(Exception):
 
     @classmethod
     def of(cls, exc: P.ProtocolError, param: str | None = None) -> ApiError:
-        return cls(exc.code, exc.message, param)
+        """`param` defaults to the field the error names."""
+        return cls(exc.code, exc.message, param if param is not None else exc.field)
 
     def body(self) -> dict:
         code = "invalid_api_key" if self.code == "UNAUTHORIZED" else self.code.lower()
@@ -95,9 +96,10 @@ def parse_speech(server: ServerView, body) -> SpeechRequest:
     """The body of `POST /v1/audio/speech` -> what to say and how to send it (ApiError if bad)."""
     if not isinstance(body, dict):
         raise ApiError("BAD_REQUEST", "the body must be a JSON object")
-    text = body.get("input")
-    if not isinstance(text, str):
-        raise ApiError("BAD_REQUEST", "'input' is required and must be a string", "input")
+    try:
+        text = P.get_field(body, "input", str, required=True)  # a lone surrogate is INVALID_TEXT
+    except P.ProtocolError as exc:
+        raise ApiError.of(exc) from None
     fmt = body.get("response_format") or "mp3"  # OpenAI's default, which Open WebUI and LibreChat rely on
     if fmt not in FORMATS:
         raise ApiError("BAD_REQUEST", f"response_format must be one of {list(FORMATS)}", "response_format")
@@ -117,7 +119,8 @@ def parse_speech(server: ServerView, body) -> SpeechRequest:
             instruct = P.get_field(ext, "instruct", str)
         x_vector_only = bool(P.get_field(ext, "xVectorOnly", bool) or P.get_field(ext, "x_vector_only", bool))
     except P.ProtocolError as exc:
-        raise ApiError.of(exc) from None
+        # `param` as the client spelled it (the fields were read in camelCase)
+        raise ApiError.of(exc, next((k for k in body if SNAKE_TO_CAMEL.get(k, k) == exc.field), exc.field)) from None
     backend = server.backend
     if instruct is not None and backend is not None and not backend.supports_instruct:
         instruct = None  # OpenAI: "does not work with tts-1"; a Base model speaks the voice it clones

@@ -50,12 +50,13 @@ ERROR_CODES: dict[str, bool] = {
 class ProtocolError(Exception):
     """A request the server answers with an `error` message."""
 
-    def __init__(self, code: str, message: str, request_id: str | None = None):
+    def __init__(self, code: str, message: str, request_id: str | None = None, field: str | None = None):
         assert code in ERROR_CODES, code
         super().__init__(message)
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.field = field  # the message field at fault, where one is (HTTP's error `param`)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ _SAMPLING_FIELDS = {  # wire name -> (attr, type, check)
 def get_field(msg: dict, key: str, typ: type | tuple, required: bool = False) -> Any:
     if key not in msg or msg[key] is None:
         if required:
-            raise ProtocolError("BAD_REQUEST", f"missing field {key!r}")
+            raise ProtocolError("BAD_REQUEST", f"missing field {key!r}", field=key)
         return None
     value = msg[key]
     # bool is an int subclass in Python; JSON true must not pass for a number, nor 1 for a bool.
@@ -162,10 +163,10 @@ def get_field(msg: dict, key: str, typ: type | tuple, required: bool = False) ->
         ok = True
     if not ok:
         names = "/".join(t.__name__ for t in types)
-        raise ProtocolError("BAD_REQUEST", f"field {key!r} must be {names}")
+        raise ProtocolError("BAD_REQUEST", f"field {key!r} must be {names}", field=key)
     if isinstance(value, str) and not _is_unicode(value):  # text for the tokenizer, names for the disk
         raise ProtocolError("INVALID_TEXT" if key in TEXT_FIELDS else "BAD_REQUEST",
-                            f"field {key!r} is not valid Unicode (it holds a lone surrogate)")
+                            f"field {key!r} is not valid Unicode (it holds a lone surrogate)", field=key)
     return value
 
 
@@ -178,7 +179,7 @@ def _choice(msg: dict, key: str, choices: tuple) -> Any:
     if value is None:
         return None
     if value not in choices:
-        raise ProtocolError("BAD_REQUEST", f"field {key!r} must be one of {list(choices)}")
+        raise ProtocolError("BAD_REQUEST", f"field {key!r} must be one of {list(choices)}", field=key)
     return value
 
 
@@ -189,7 +190,7 @@ def parse_sampling(msg: dict) -> Sampling:
         if v is None:
             continue
         if not check(v):
-            raise ProtocolError("BAD_REQUEST", f"field {wire!r} out of range")
+            raise ProtocolError("BAD_REQUEST", f"field {wire!r} out of range", field=wire)
         vals[attr] = float(v) if typ is float else v
     return Sampling(**vals)
 

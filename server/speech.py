@@ -223,6 +223,12 @@ async def speech(server: ServerView, utt: Utterance, interface: str, label: str 
     except P.ProtocolError as exc:
         outcome = exc.code
         raise
+    except (asyncio.CancelledError, ConnectionError):
+        # The front ends' tasks are cancelled when their client goes away (aiohttp's handler
+        # cancellation, Wyoming's disconnect), and writes to a gone client raise ConnectionError.
+        if outcome == "cancelled":
+            outcome = "disconnected"
+        raise
     finally:
         if feeder is not None:
             feeder.cancel()

@@ -331,4 +331,4 @@ def canonical_language(value: str, languages: list[str]) -> str:
         if lang.lower() == value.lower():
             return lang
     raise ProtocolError("BAD_REQUEST", f"unsupported language {value[:40]!r}; use one of "
-                        f"{languages + ['auto']}")
+                        f"{languages + ['auto']}", field="language")

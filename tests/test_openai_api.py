@@ -163,20 +163,31 @@ def test_errors_have_openai_shape_and_status(tmp_path):
             with pytest.raises(openai.BadRequestError) as e:
                 await client.audio.speech.create(model="m", voice="default", input="Hi.",
                                                  extra_body={"temperature": "hot"})
-            assert "temperature" in e.value.message
+            assert "temperature" in e.value.message and e.value.param == "temperature"
+            for extra, param in (({"seed": "x"}, "seed"), ({"max_frames": 0}, "max_frames"),
+                                 ({"maxFrames": 0}, "maxFrames"), ({"language": "Klingon"}, "language")):
+                with pytest.raises(openai.BadRequestError) as e:  # `param` as the client spelled it
+                    await client.audio.speech.create(model="m", voice="default", input="Hi.", extra_body=extra)
+                assert e.value.param == param, extra
             with pytest.raises(openai.InternalServerError) as e:  # the fake's device fails on this text
                 await client.audio.speech.create(model="m", voice="default", input="__explode__")
             assert e.value.response.headers["x-should-retry"] == "false"
-            # Raw HTTP: a body that is not JSON.
+            # Raw HTTP: a body that is not JSON; an input with JSON's "\ud800" (a lone surrogate, not text).
             async with aiohttp.ClientSession() as s:
                 async with s.post(f"{http_url(srv)}/audio/speech", data=b"{nope") as r:
                     assert r.status == 400
                     assert (await r.json())["error"]["type"] == "invalid_request_error"
+                async with s.post(f"{http_url(srv)}/audio/speech",
+                                  data=b'{"model": "m", "voice": "default", "input": "ab\\ud800"}') as r:
+                    assert r.status == 400
+                    error = (await r.json())["error"]
+                    assert (error["param"], error["code"]) == ("input", "invalid_text")
+                    assert "lone surrogate" in error["message"]
             # The error counts reach /metrics.
             async with aiohttp.ClientSession() as s:
                 async with s.get(f"{http_url(srv)[:-3]}/metrics") as r:
                     text = await r.text()
-            assert 'qwen3tts_errors_total{code="INVALID_TEXT",interface="http"} 2.0' in text
+            assert 'qwen3tts_errors_total{code="INVALID_TEXT",interface="http"} 3.0' in text
             assert 'qwen3tts_requests_total{interface="http",outcome="complete"} 1.0' in text
     arun(body())
 
@@ -264,6 +275,8 @@ def test_client_disconnect_frees_the_slot(tmp_path):
             assert srv.worker.active == 0
             assert srv.worker.steps - steps <= 3  # freed within a step or two of the close, not at the end
             assert fake.engines[0].active_slots() == []
+            assert 'qwen3tts_requests_total{interface="http",outcome="disconnected"} 1.0' in \
+                srv.metrics.exposition().decode()
             # Another request is served at once.
             pcm = (await sdk(srv).audio.speech.create(model="m", voice="default", input="Next.",
                                                       response_format="pcm")).content

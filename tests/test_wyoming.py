@@ -229,6 +229,8 @@ def test_disconnect_mid_utterance_frees_the_slot(tmp_path):
             while srv.worker.active and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             assert srv.worker.active == 0
+            assert 'qwen3tts_requests_total{interface="wyoming",outcome="disconnected"} 1.0' in \
+                srv.metrics.exposition().decode()
     arun(body())
 
 
