@@ -16,7 +16,7 @@ through server/speech.py, so a text, voice and seed sound the same here as on th
 and HTTP ports.
 
 Each connection has one speaker task fed by a queue, so events keep being read while audio
-is made: sentences are spoken as soon as they are complete, and a client that goes away is
+is made: a stream's chunks reach its utterance as they arrive, and a client that goes away is
 noticed at once (its utterance is cancelled and its device slot freed). Every synthesis reply
 (audio, errors, synthesize-stopped) goes through that queue, so they go out in the order asked.
 
