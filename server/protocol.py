@@ -57,6 +57,7 @@ class ProtocolError(Exception):
         self.message = message
         self.request_id = request_id
         self.field = field  # the message field at fault, where one is (HTTP's error `param`)
+        self.message_type: str | None = None  # the client message's `type`, once known
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +241,11 @@ def parse_client_message(raw: str | bytes, max_bytes: int, max_voice_bytes: int)
         return Speak(text=text, priority=priority, request_id=rid, sampling=sampling, instruct=instruct,
                      text_stream=text_stream, x_vector_only=x_vector_only)
     if kind == "appendText":
-        return AppendText(text=get_field(msg, "text", str, required=True))
+        try:
+            return AppendText(text=get_field(msg, "text", str, required=True))
+        except ProtocolError as exc:
+            exc.message_type = kind  # the session names the streamed request it was meant for
+            raise
     if kind == "endText":
         return EndText()
     if kind == "start":

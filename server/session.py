@@ -221,7 +221,10 @@ class Session:
         except P.ProtocolError as exc:
             if not self.authed:
                 return self._unauthorized()
-            return self.send_error(exc.code, exc.message, exc.request_id)
+            rid = exc.request_id
+            if rid is None and exc.message_type == "appendText" and self.feed is not None:
+                rid = self.feed.speak.request_id  # a bad piece is refused; its stream goes on
+            return self.send_error(exc.code, exc.message, rid)
         if not self.authed:
             if isinstance(msg, P.Start) and self.server.check_token(msg.auth_token):
                 self.authed = True

@@ -152,6 +152,11 @@ def test_protocol_edges(tmp_path):
                 await c.send(type="speak", textStream=True, text="", requestId="b")
                 err = await c.recv_json()
                 assert (err["code"], err["requestId"]) == ("BAD_REQUEST", "b")
+                # A piece that is not text (JSON's lone surrogate): refused under its request's id,
+                # the request goes on.
+                await c.send(type="appendText", text="bad \ud83d piece")
+                err = await c.recv_json()
+                assert (err["code"], err["requestId"]) == ("INVALID_TEXT", "a")
                 # Cancel while it waits for text: complete(cancelled), the slot is free again.
                 await c.send(type="appendText", text="Waiting for")
                 await c.send(type="cancel")
