@@ -29,6 +29,8 @@ from qwen3tts_jax import components
 from qwen3tts_jax.checkpoint import FORMAT_VERSION, MANIFEST
 from qwen3tts_jax.config import Qwen3TTSConfig
 from qwen3tts_jax.params import flat_params, nest
+from qwen3tts_jax.prompt import PromptBuilder
+from qwen3tts_jax.text_tokenizer import TextTokenizer
 
 SPEECH_TOKENIZER = "speech_tokenizer"
 _COMPILED = tuple((re.compile(r.source), r) for r in RULES)
@@ -204,9 +206,16 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16"
     dst = Path(dst).expanduser().absolute()
     if dst.exists() and not overwrite:
         raise ConversionError([f"{dst}: already exists (pass overwrite=True / --overwrite to replace it)"])
+    if dst.exists() and not dst.is_dir():
+        raise ConversionError([f"{dst}: exists and is not a folder (not replaced)"])
     folder = resolve_source(src)
+    if folder.resolve() == dst.resolve() or dst.resolve() in folder.resolve().parents:
+        raise ConversionError([f"{dst}: replacing it would delete the source checkpoint {folder}"])
     try:
         cfg = Qwen3TTSConfig.from_dir(folder)
+        # What loading checks, before any weight is read: the model type, the tokenizer's files,
+        # every prompt id inside the table it indexes (a folder loading would refuse is not written).
+        PromptBuilder(cfg, TextTokenizer.from_dir(folder), source=str(folder))
     except (FileNotFoundError, ValueError, TypeError) as e:
         raise ConversionError([str(e)]) from e
     sources, problems = open_sources(folder, cfg)

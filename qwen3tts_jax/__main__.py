@@ -13,6 +13,7 @@ import argparse
 import re
 import sys
 import time
+from pathlib import Path
 
 
 def split_sentences(text: str, max_chars: int = 300) -> list[str]:
@@ -30,6 +31,21 @@ def split_sentences(text: str, max_chars: int = 300) -> list[str]:
     return out
 
 
+def check_out(path: str, subtype: str) -> None:
+    """ValueError unless soundfile can write `subtype` samples to `path` (its folder, its format)."""
+    import soundfile as sf
+
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {path}: no folder {out.parent}")
+    fmt = out.suffix[1:].upper()
+    if fmt not in sf.available_formats():
+        raise ValueError(f"--out {path}: unknown audio format {out.suffix!r}; use .wav or .flac")
+    if not sf.check_format(fmt, subtype):
+        raise ValueError(f"--out {path}: {fmt} files cannot hold {subtype} samples" +
+                         ("; drop --float or use .wav" if subtype == "FLOAT" else "; use .wav or .flac"))
+
+
 def synthesize(args: argparse.Namespace) -> int:
     import numpy as np
     import soundfile as sf
@@ -37,6 +53,7 @@ def synthesize(args: argparse.Namespace) -> int:
 
     from qwen3tts_jax import Qwen3TTS
 
+    check_out(args.out, "FLOAT" if args.float else "PCM_16")  # before minutes of synthesis, not after
     start = time.perf_counter()
     tts = Qwen3TTS.from_pretrained(args.model, dtype=args.dtype)
     voice = None

@@ -31,6 +31,8 @@ from qwen3tts_jax.request import SAMPLING_FIELDS, GenerationDefaults, Generation
 from qwen3tts_jax.text_tokenizer import TextTokenizer
 from qwen3tts_jax.voice import VoicePrompt
 
+READ_AHEAD = 256  # pieces `stream_text` reads ahead of the speech (a sync source then waits)
+
 
 class Qwen3TTS:
     """A loaded Qwen3-TTS 12 Hz model: Base, CustomVoice or VoiceDesign (`model_type`).
@@ -239,17 +241,36 @@ class Qwen3TTS:
         return self._stream_text_sync(chunks, request)
 
     def _stream_text_sync(self, chunks: Iterable[str], request: GenerationRequest) -> Iterator[np.ndarray]:
-        pieces: queue.Queue = queue.Queue()
+        # Bounded: a source faster than speech waits here instead of filling memory.
+        pieces: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+        stop = threading.Event()  # the caller is done (closed the iterator, or the audio ended)
+
+        def put(item) -> None:
+            while not stop.is_set():
+                try:
+                    return pieces.put(item, timeout=0.1)
+                except queue.Full:
+                    continue
 
         def read():
+            source = iter(chunks)
             try:
-                for piece in chunks:
-                    pieces.put(("text", piece))
-                pieces.put(("end", None))
+                for piece in source:
+                    if stop.is_set():
+                        break
+                    put(("text", piece))
+                else:
+                    put(("end", None))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                pieces.put(("error", exc))
+                put(("error", exc))
+            finally:
+                if stop.is_set() and hasattr(source, "close"):
+                    source.close()  # an LLM's stream stops being read once nobody listens
         threading.Thread(target=read, name="stream_text reader", daemon=True).start()
-        yield from self._speak_arriving_text(pieces, request)
+        try:
+            yield from self._speak_arriving_text(pieces, request)
+        finally:
+            stop.set()
 
     async def _stream_text_async(self, chunks: AsyncIterable[str], request: GenerationRequest
                                  ) -> AsyncIterator[np.ndarray]:
@@ -296,7 +317,9 @@ class Qwen3TTS:
             engine.open(0, request)
             ended = False
             while engine.active_slots():
-                while not ended:
+                # What has arrived by now (at least one piece while the row waits), then a step:
+                # a source that never pauses cannot keep the row from speaking.
+                for _ in range(0 if ended else max(1, pieces.qsize())):
                     try:
                         kind, value = pieces.get(block=engine.waiting)
                     except queue.Empty:
@@ -306,6 +329,7 @@ class Qwen3TTS:
                     elif kind == "end":
                         engine.end_text(0)
                         ended = True
+                        break
                     elif kind == "error":
                         raise value
                     else:

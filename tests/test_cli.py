@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 
 from qwen3tts_jax.__main__ import split_sentences
@@ -39,6 +40,16 @@ def test_bad_reference_audio_is_a_clear_error(tiny_checkpoint, tmp_path):
                   "--out", tmp_path / "x.wav", cache=tmp_path / "cache")
     assert result.returncode == 2
     assert "missing.wav" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("out", "extra", "needle"), [
+    ("nowhere/x.wav", (), "no folder"), ("noext", (), "unknown audio format"),
+    ("x.mp3", (), "cannot hold PCM_16"), ("x.flac", ("--float",), "cannot hold FLOAT")])
+def test_an_output_it_cannot_write_is_refused_before_synthesis(tmp_path, out, extra, needle):
+    # The model does not exist either: the output is checked first, so that error is the one shown.
+    result = _run("--model", tmp_path / "no-model", "--text", "Hi.", "--out", tmp_path / out, *extra,
+                  cache=tmp_path / "cache")
+    assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
 
 
 def test_sentences_are_split_and_bounded():

@@ -173,6 +173,32 @@ def test_missing_key_leaves_a_target_unfilled(broken, tmp_path):
     _expect_single_error(broken, tmp_path, "talker.norm.weight", "not filled")
 
 
+def test_ids_that_loading_refuses_are_refused_before_writing(broken, tmp_path):
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["tts_bos_token_id"] = 999999  # past the text embedding table
+    (broken / "config.json").write_text(json.dumps(cfg))
+    _expect_single_error(broken, tmp_path, "index past their tables", "tts_bos_token_id")
+
+
+def test_missing_tokenizer_file(broken, tmp_path):
+    (broken / "vocab.json").unlink()
+    _expect_single_error(broken, tmp_path, "vocab.json")
+
+
+def test_overwrite_never_replaces_the_source_or_a_file(tiny_checkpoint, tmp_path):
+    hf, _ = tiny_checkpoint
+    with pytest.raises(ConversionError, match="delete the source checkpoint"):
+        convert_checkpoint(hf, hf, overwrite=True)
+    with pytest.raises(ConversionError, match="delete the source checkpoint"):
+        convert_checkpoint(hf, hf.parent, overwrite=True)
+    assert (hf / "model.safetensors").exists()
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    with pytest.raises(ConversionError, match="not a folder"):
+        convert_checkpoint(hf, a_file, overwrite=True)
+    assert a_file.read_text() == "x"
+
+
 def test_all_problems_are_reported_at_once(broken, tmp_path):
     def damage(t):
         t["talker.extra_a"] = np.zeros(1, np.float32)

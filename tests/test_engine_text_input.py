@@ -259,3 +259,27 @@ def test_stream_text_api_yields_the_whole_texts_audio(base):
         return [c async for c in tts.stream_text(aslow(), xvec, "English", seed=2, max_new_frames=FRAMES)]
     got = np.concatenate(asyncio.run(collect()))
     np.testing.assert_array_equal(got, want)
+
+
+def test_closing_stream_text_stops_reading_the_source(base):
+    """A caller that stops listening stops the reading too: an LLM's stream is not drained."""
+    import threading
+    import time
+
+    tts, _, _, xvec = base
+    read, closed = [], threading.Event()
+
+    def endless():
+        try:
+            while True:
+                read.append(1)
+                yield "word "
+        finally:
+            closed.set()
+    it = tts.stream_text(endless(), xvec, "English", seed=2, max_new_frames=FRAMES)
+    next(it)
+    it.close()
+    assert closed.wait(5), "the source was never closed"
+    n = len(read)
+    time.sleep(0.2)
+    assert len(read) == n
