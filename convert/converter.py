@@ -29,8 +29,7 @@ from qwen3tts_jax import components
 from qwen3tts_jax.checkpoint import FORMAT_VERSION, MANIFEST
 from qwen3tts_jax.config import Qwen3TTSConfig
 from qwen3tts_jax.params import flat_params, nest
-from qwen3tts_jax.prompt import PromptBuilder
-from qwen3tts_jax.text_tokenizer import TextTokenizer
+from qwen3tts_jax.prompt import check_ids_of
 
 SPEECH_TOKENIZER = "speech_tokenizer"
 _COMPILED = tuple((re.compile(r.source), r) for r in RULES)
@@ -212,10 +211,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, dtype: str = "bfloat16"
     if folder.resolve() == dst.resolve() or dst.resolve() in folder.resolve().parents:
         raise ConversionError([f"{dst}: replacing it would delete the source checkpoint {folder}"])
     try:
+        check_ids_of(folder)  # what loading checks: a folder loading would refuse is not written
         cfg = Qwen3TTSConfig.from_dir(folder)
-        # What loading checks, before any weight is read: the model type, the tokenizer's files,
-        # every prompt id inside the table it indexes (a folder loading would refuse is not written).
-        PromptBuilder(cfg, TextTokenizer.from_dir(folder), source=str(folder))
     except (FileNotFoundError, ValueError, TypeError) as e:
         raise ConversionError([str(e)]) from e
     sources, problems = open_sources(folder, cfg)

@@ -22,11 +22,10 @@ import numpy as np
 from qwen3tts_jax import buckets, codec_decoder, codec_encoder, generation, paths, speaker_encoder
 from qwen3tts_jax.audio import load_audio_24k
 from qwen3tts_jax.checkpoint import FORMAT_VERSION, LoadedModel, format_version, is_converted, load
-from qwen3tts_jax.config import Qwen3TTSConfig
 from qwen3tts_jax.convert.converter import convert_checkpoint, resolve_source
 from qwen3tts_jax.engine import BatchEngine
 from qwen3tts_jax.generation import DecodeParts
-from qwen3tts_jax.prompt import PromptBuilder
+from qwen3tts_jax.prompt import PromptBuilder, check_ids_of
 from qwen3tts_jax.request import SAMPLING_FIELDS, GenerationDefaults, GenerationRequest
 from qwen3tts_jax.text_tokenizer import TextTokenizer
 from qwen3tts_jax.voice import VoicePrompt
@@ -395,13 +394,6 @@ class Qwen3TTS:
         """The parts a step over `rows` rows decodes with (None: the float32 ones)."""
         parts = self.row_parts()
         return parts.plain if rows is None else parts.for_rows(rows)
-
-
-def check_ids_of(folder: Path) -> None:
-    """ValueError, naming the folder and the id, unless every id its config and tokenizer give a
-    prompt fits the tables it indexes (`prompt.check_ids`); read from the files alone, so it
-    runs before any weight is loaded or converted."""
-    PromptBuilder(Qwen3TTSConfig.from_dir(folder), TextTokenizer.from_dir(folder), source=str(folder))
 
 
 __all__ = ["GenerationRequest", "Qwen3TTS", "VoicePrompt"]

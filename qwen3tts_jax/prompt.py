@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -371,3 +372,10 @@ def embed_text_ids(talker_def, talker_state, ids: np.ndarray, rows: int) -> jax.
     padded = np.zeros((buckets.text_ids(len(ids)),), np.int32)
     padded[:len(ids)] = ids
     return _embed_text(talker_def, talker_state, padded, rows)
+
+
+def check_ids_of(folder: Path) -> None:
+    """ValueError (or FileNotFoundError), naming the folder and the id, unless its model type is
+    known and every id its config and tokenizer give a prompt fits the tables it indexes
+    (`check_ids`); read from the files alone, so it runs before any weight is loaded or converted."""
+    PromptBuilder(Qwen3TTSConfig.from_dir(folder), TextTokenizer.from_dir(folder), source=str(folder))
